@@ -1,0 +1,51 @@
+# Every target sets up what it needs on first use; later runs reuse .venv.
+# PYTHON is resolved through pyenv: .python-version selects 3.9.18.
+PYTHON ?= python3.9
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+HOST ?= 0.0.0.0
+PORT ?= 8080
+MODEL_PATH ?= artifacts/model.onnx
+export HOST PORT MODEL_PATH
+
+.PHONY: run test lint format train bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Serving needs base.txt only; the test/train targets add the rest.
+$(VENV)/.base: requirements/base.txt | $(BIN)/python
+	$(PIP) install -r requirements/base.txt
+	touch $@
+
+$(VENV)/.dev: requirements/base.txt requirements/train.txt requirements/dev.txt | $(BIN)/python
+	$(PIP) install -r requirements/dev.txt
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $@ $(VENV)/.base
+
+run: $(VENV)/.base
+	$(BIN)/python api.py
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(VENV)/.dev
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest
+
+train: $(VENV)/.dev
+	$(BIN)/python -m categorizer.notebook treinamento.ipynb
+
+bench: $(VENV)/.dev
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

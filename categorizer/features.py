@@ -1,0 +1,161 @@
+"""The one definition of the model's features.
+
+A :class:`FeatureSpec` is plain data. It is realised twice: here, as the
+analyzer that scikit-learn's ``HashingVectorizer`` calls during training, and
+in :mod:`categorizer.onnx_graph`, as the ONNX graph that serves the model. The
+parity tests pin the two together, so every rule below is chosen to be cheap
+and exact in both worlds:
+
+* folding is a per-character table (lower case, accents stripped, separators
+  to a space, combining marks deleted) stored in the spec itself, so the
+  result never depends on a locale or on the Unicode tables of the runtime;
+* words are runs of characters that are not a space after folding;
+* the normalised *stream* of a text is ``" " + "".join(w + " " for w in words)``;
+  character n-grams are taken over that stream (so they see word edges);
+* word n-grams use words cut to ``max_word_chars`` characters, because the
+  graph builds words by doubling concatenations a fixed number of times.
+"""
+
+from __future__ import annotations
+
+import json
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from typing import Dict, Iterable, List, Optional, Tuple
+
+# Code point blocks whose folding is fixed by the spec. Old, stable blocks only,
+# so the table does not move between Python (Unicode) versions:
+# Basic Latin .. Combining Diacritical Marks, Latin Extended Additional,
+# General Punctuation (dashes, curly quotes, bullets, odd spaces).
+FOLD_BLOCKS: Tuple[Tuple[int, int], ...] = (
+    (0x0000, 0x036F),
+    (0x1E00, 0x1EFF),
+    (0x2000, 0x206F),
+)
+
+# Feature-name prefixes keep the families apart in the hash space. "|" folds
+# to a space, so no n-gram can ever contain it and forge another family.
+CHAR_PREFIX = "c|"
+WORD_PREFIX = "w|"
+TAG_PREFIX = "t|"
+
+Doc = Tuple[str, str]
+
+
+def _strip_marks(text: str) -> str:
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+
+
+def _fold_char(ch: str) -> str:
+    """What one character becomes: "" (deleted), " " (separator) or one char."""
+    if unicodedata.combining(ch):
+        return ""
+    if not ch.isalnum():
+        return " "
+    folded = _strip_marks(ch.lower())
+    if len(folded) == 1:
+        return folded
+    lowered = ch.lower()
+    return lowered if len(lowered) == 1 else ch
+
+
+def default_fold_table() -> Dict[str, str]:
+    """Every character of FOLD_BLOCKS that folding changes, mapped to its fold."""
+    table = {}
+    for start, end in FOLD_BLOCKS:
+        for code in range(start, end + 1):
+            ch = chr(code)
+            folded = _fold_char(ch)
+            if folded != ch:
+                table[ch] = folded
+    return table
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything that turns (title, tags) into hashed feature names."""
+
+    # Width of the hashed feature space; 2**19 keeps the float32 coefficient
+    # matrix of six classes at 12.6 MB, under the 25 MB artifact budget.
+    n_features: int = 2**19
+    # Character n-gram orders over the title stream (spelling variants, plurals).
+    char_ngrams: Tuple[int, int] = (2, 5)
+    # Word n-gram orders over the title (bigrams catch "porta retrato").
+    word_ngrams: Tuple[int, int] = (1, 2)
+    # Word n-gram orders over the seller's tags (a bag of keywords).
+    tag_ngrams: Tuple[int, int] = (1, 1)
+    # Words are cut to 2**5 characters: the graph doubles concatenations 5 times.
+    max_word_chars: int = 32
+    # Character folding table, stored rather than recomputed so that the model
+    # file, not the runtime's Unicode version, decides what a character means.
+    fold: Dict[str, str] = field(default_factory=default_fold_table)
+
+    def __post_init__(self) -> None:
+        if self.n_features <= 0 or self.n_features & (self.n_features - 1):
+            raise ValueError(f"n_features must be a power of two, got {self.n_features}")
+        if self.max_word_chars & (self.max_word_chars - 1):
+            raise ValueError(f"max_word_chars must be a power of two, got {self.max_word_chars}")
+        for name in ("char_ngrams", "word_ngrams", "tag_ngrams"):
+            low, high = getattr(self, name)
+            if not 1 <= low <= high:
+                raise ValueError(f"{name} must be 1 <= low <= high, got {(low, high)}")
+        if any(len(k) != 1 or len(v) > 1 for k, v in self.fold.items()):
+            raise ValueError("fold maps single characters to at most one character")
+
+    @property
+    def doubling_steps(self) -> int:
+        return self.max_word_chars.bit_length() - 1
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        raw = json.loads(text)
+        for name in ("char_ngrams", "word_ngrams", "tag_ngrams"):
+            raw[name] = tuple(raw[name])
+        return cls(**raw)
+
+    # --- the Python realisation -------------------------------------------
+
+    @cached_property
+    def _translation(self) -> Dict[int, Optional[str]]:
+        return {ord(k): (v or None) for k, v in self.fold.items()}
+
+    def words(self, text: str) -> List[str]:
+        folded = text.translate(self._translation)
+        return [word for word in folded.split(" ") if word]
+
+    def stream(self, words: Iterable[str]) -> str:
+        return " " + "".join(word + " " for word in words)
+
+    def analyze(self, doc: Doc) -> List[str]:
+        """Feature names of one (title, tags) pair: the HashingVectorizer analyzer."""
+        title, tags = doc
+        title_words = self.words(title)
+        features = _char_ngrams(CHAR_PREFIX, self.stream(title_words), self.char_ngrams)
+        cut = [word[: self.max_word_chars] for word in title_words]
+        features += _word_ngrams(WORD_PREFIX, cut, self.word_ngrams)
+        tag_words = [word[: self.max_word_chars] for word in self.words(tags)]
+        features += _word_ngrams(TAG_PREFIX, tag_words, self.tag_ngrams)
+        return features
+
+
+def _char_ngrams(prefix: str, stream: str, orders: Tuple[int, int]) -> List[str]:
+    low, high = orders
+    return [
+        prefix + stream[start : start + n]
+        for n in range(low, high + 1)
+        for start in range(len(stream) - n + 1)
+    ]
+
+
+def _word_ngrams(prefix: str, words: List[str], orders: Tuple[int, int]) -> List[str]:
+    low, high = orders
+    return [
+        prefix + " ".join(words[start : start + n])
+        for n in range(low, high + 1)
+        for start in range(len(words) - n + 1)
+    ]

@@ -1,0 +1,79 @@
+"""Validation: a leakage-free split and the metrics we report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.model_selection import StratifiedGroupKFold
+
+from categorizer.model import RANDOM_STATE
+
+# One fold in five held out: about 20% of the product/title groups.
+N_FOLDS = 5
+
+
+def grouped_split(frame: pd.DataFrame, groups: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, validation): whole groups on one side, classes stratified."""
+    splitter = StratifiedGroupKFold(n_splits=N_FOLDS, shuffle=True, random_state=RANDOM_STATE)
+    train, valid = next(splitter.split(frame, frame["category"], groups))
+    return train, valid
+
+
+def report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Dict[str, Any]:
+    """Macro-F1 (the headline: classes are imbalanced 19:1), accuracy, per class."""
+    per_class = classification_report(truth, predicted, labels=list(labels), output_dict=True, zero_division=0)
+    return {
+        "macro_f1": float(f1_score(truth, predicted, labels=list(labels), average="macro", zero_division=0)),
+        "accuracy": float(accuracy_score(truth, predicted)),
+        "n": len(truth),
+        "per_class": {
+            label: {key: float(per_class[label][key]) for key in ("precision", "recall", "f1-score", "support")}
+            for label in labels
+        },
+    }
+
+
+def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> np.ndarray:
+    """Row-normalised confusion matrix: each row is where one true class went."""
+    counts = confusion_matrix(truth, predicted, labels=list(labels)).astype(float)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
+    ax.set_yticks(range(len(labels)), labels)
+    for (row, col), value in np.ndenumerate(matrix):
+        ax.text(col, row, f"{value:.2f}", ha="center", va="center", color="white" if value > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_f1(reports: Dict[str, Dict[str, Any]], labels: Sequence[str], path: Path) -> None:
+    """Per-class F1, one bar group per evaluated input (title only, title + tags...)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    width = 0.8 / max(len(reports), 1)
+    for offset, (name, rep) in enumerate(reports.items()):
+        scores = [rep["per_class"][label]["f1-score"] for label in labels]
+        ax.bar(np.arange(len(labels)) + offset * width, scores, width, label=f"{name} (macro {rep['macro_f1']:.3f})")
+    ax.set_xticks(np.arange(len(labels)) + width * (len(reports) - 1) / 2, labels, rotation=20, ha="right")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("F1")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
