@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import IO, Optional, Union
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 DATASET_URL = (
     "https://elo7-datasets.s3.amazonaws.com/data_scientist_position/elo7_recruitment_dataset.csv"

@@ -6,12 +6,13 @@ characters of all rows form one 1-D tensor with a parallel tensor of row ids,
 so no step costs more than linear time in the batch's characters (a dense
 ``[N, n_features]`` tensor, or a pairwise ``[T, T]`` comparison, would not).
 
-Pipeline: Tokenizer (character mode) -> fold table (LabelEncoder) -> flatten,
-drop pads and deleted marks, collapse runs of spaces -> character n-grams by
-chained StringConcat; words by doubling concatenations inside each word ->
-word n-grams -> MurmurHash3 -> bucket and sign -> exact per-row counts of
-repeated buckets (Unique) -> l2 norm -> gather coefficient rows -> scatter-add
-per row -> one-vs-rest sigmoids normalised by their sum.
+Pipeline: title + " " + tags -> Tokenizer (character mode) -> fold table
+(LabelEncoder) -> flatten, drop pads and deleted marks, collapse runs of
+spaces -> character n-grams by chained StringConcat; words by doubling
+concatenations inside each word -> word n-grams -> MurmurHash3 -> bucket ->
+exact per-row counts of repeated buckets (sort) -> sublinear tf x idf -> l2
+norm -> gather coefficient rows -> scatter-add per row -> one-vs-rest
+sigmoids normalised by their sum.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from categorizer.features import CHAR_PREFIX, TAG_PREFIX, WORD_PREFIX, FeatureSpec
+from categorizer.features import CHAR_PREFIX, WORD_PREFIX, FeatureSpec
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -37,6 +38,12 @@ MS_OPSET = 1  # com.microsoft: Tokenizer, MurmurHash3
 # a real one-character fold because it is two characters long.
 _UNFOLDED = "\x00\x00"
 _INT64_MAX = np.iinfo(np.int64).max
+
+# Initializer names of the learned weights: idf [n_features] float64,
+# coef [n_features, n_classes] float32 (rows gathered by bucket), intercept [n_classes].
+IDF = "idf"
+COEF = "coef"
+INTERCEPT = "intercept"
 
 
 @dataclass
@@ -61,6 +68,11 @@ class _Builder:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
         return outs
+
+    def weight(self, name: str, array: np.ndarray) -> str:
+        """An initializer under a fixed name, so readers can find the weights."""
+        self.inits.append(numpy_helper.from_array(array, name))
+        return name
 
     def const(self, value: object, hint: str = "c", dtype: Optional[type] = None) -> str:
         name = self.name(hint)
@@ -202,11 +214,10 @@ def _prefixed(b: _Builder, flat: _Flat, prefix: str) -> _Flat:
 
 
 def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
-    title_stream = _stream(b, title, spec.fold)
-    families = _char_ngrams(b, title_stream, spec.char_ngrams, CHAR_PREFIX)
-    families += _word_ngrams(b, _words(b, title_stream, spec.doubling_steps), spec.word_ngrams, WORD_PREFIX)
-    tag_words = _words(b, _stream(b, tags, spec.fold), spec.doubling_steps)
-    families += _word_ngrams(b, tag_words, spec.tag_ngrams, TAG_PREFIX)
+    text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
+    stream = _stream(b, text, spec.fold)
+    families = _char_ngrams(b, stream, spec.char_ngrams, CHAR_PREFIX)
+    families += _word_ngrams(b, _words(b, stream, spec.doubling_steps), spec.word_ngrams, WORD_PREFIX)
     return _Flat(
         b.op("Concat", [f.values for f in families], axis=0),
         b.op("Concat", [f.rows for f in families], axis=0),
@@ -217,79 +228,68 @@ def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
 
 
 def _hashed_counts(b: _Builder, feats: _Flat, n_features: int) -> Tuple[str, str, str]:
-    """(row, bucket, signed count) per distinct (row, bucket), sorted as sklearn's CSR.
+    """(row, bucket, count) per distinct (row, bucket), sorted as scikit-learn's CSR.
 
-    Sorting keys ``(row * n_features + bucket) * 2 + positive`` groups repeats
-    in O(T log T) (onnxruntime's Unique and CumSum are far slower); a bucket
-    hit by features of both signs is a negative run followed by a positive one.
+    Sorting the keys ``row * n_features + bucket`` groups repeats in
+    O(T log T); onnxruntime's Unique (and CumSum) were far slower.
     """
-    hashed = b.op(
-        "Cast", [b.op("MurmurHash3", [feats.values], domain="com.microsoft", positive=0, seed=0)], to=TensorProto.INT64
-    )
-    bucket = b.op("Mod", [b.op("Abs", [hashed]), b.const(n_features)])
-    positive = b.op("Cast", [b.op("Not", [b.op("Less", [hashed, b.const(0)])])], to=TensorProto.INT64)
-    key = b.op("Add", [b.op("Mul", [b.op("Add", [b.op("Mul", [feats.rows, b.const(n_features)]), bucket]), b.const(2)]), positive])
+    hashed = b.op("MurmurHash3", [feats.values], domain="com.microsoft", positive=0, seed=0)
+    bucket = b.op("Mod", [b.op("Abs", [b.op("Cast", [hashed], to=TensorProto.INT64)]), b.const(n_features)])
+    key = b.op("Add", [b.op("Mul", [feats.rows, b.const(n_features)]), bucket])
     n_keys = b.op("Shape", [key])
     ordered, _ = b.ops("TopK", [key, n_keys], 2, axis=0, largest=0, sorted=1)
     first = b.op("Not", [b.op("Equal", [ordered, _shift_back(b, ordered, -1)])])
     starts = b.op("Compress", [b.op("Range", [b.const(0), b.op("Squeeze", [n_keys]), b.const(1)]), first], axis=0)
     ends = b.op("Slice", [b.op("Concat", [starts, n_keys], axis=0), b.const([1]), b.const([_INT64_MAX])])
-    lengths = b.op("Cast", [b.op("Sub", [ends, starts])], to=TensorProto.DOUBLE)
-    run_keys = b.op("Compress", [ordered, first], axis=0)
-    run_pos = b.op("Equal", [b.op("Mod", [run_keys, b.const(2)]), b.const(1)])
-    counts = b.op("Where", [run_pos, lengths, b.op("Neg", [lengths])])
-    return _merge_signs(b, b.op("Div", [run_keys, b.const(2)]), counts, n_features)
+    counts = b.op("Cast", [b.op("Sub", [ends, starts])], to=TensorProto.DOUBLE)
+    keys = b.op("Compress", [ordered, first], axis=0)
+    return b.op("Div", [keys, b.const(n_features)]), b.op("Mod", [keys, b.const(n_features)]), counts
 
 
-def _merge_signs(b: _Builder, keys: str, counts: str, n_features: int) -> Tuple[str, str, str]:
-    same_as_prev = b.op("Equal", [_shift_back(b, keys, -1), keys])
-    prev_counts = b.op("Where", [same_as_prev, _shift_back(b, counts, 0.0), b.const(0.0)])
-    total = b.op("Add", [counts, prev_counts])
-    last = b.op("Not", [b.op("Equal", [_shift(b, keys, 1, -1), keys])])
-    merged = b.op("Compress", [keys, last], axis=0)
-    return (
-        b.op("Div", [merged, b.const(n_features)]),
-        b.op("Mod", [merged, b.const(n_features)]),
-        b.op("Compress", [total, last], axis=0),
-    )
+def _zeros(b: _Builder, shape: str) -> str:
+    return b.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0]))
 
 
-def _scores(b: _Builder, spec: FeatureSpec, feats: _Flat, n_rows: str, coef: str, intercept: str) -> str:
+def _scores(b: _Builder, spec: FeatureSpec, feats: _Flat, n_rows: str, weights: Dict[str, str]) -> str:
+    """Sublinear tf-idf, l2-normalised per row, dotted with the coefficients."""
     rows, buckets, counts = _hashed_counts(b, feats, spec.n_features)
-    zero_rows = b.op("ConstantOfShape", [n_rows], value=helper.make_tensor("z", TensorProto.DOUBLE, [1], [0.0]))
-    squares = b.op("ScatterElements", [zero_rows, rows, b.op("Mul", [counts, counts])], axis=0, reduction="add")
+    tf = b.op("Add", [b.op("Log", [counts]), b.const(1.0)])
+    values = b.op("Mul", [tf, b.op("Gather", [weights[IDF], buckets], axis=0)])
+    squares = b.op("ScatterElements", [_zeros(b, n_rows), rows, b.op("Mul", [values, values])], axis=0, reduction="add")
     norm = b.op("Sqrt", [squares])
-    # sklearn leaves an all-zero row at zero; dividing by 1 does the same.
+    # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
-    values = b.op("Div", [counts, b.op("Gather", [safe, rows], axis=0)])
-    weights = b.op("Cast", [b.op("Gather", [coef, buckets], axis=0)], to=TensorProto.DOUBLE)
-    contrib = b.op("Mul", [weights, b.op("Unsqueeze", [values, b.const([1])])])
-    n_classes = b.op("Shape", [intercept])
-    grid = b.op("ConstantOfShape", [b.op("Concat", [n_rows, n_classes], axis=0)], value=helper.make_tensor("z", TensorProto.DOUBLE, [1], [0.0]))
+    scaled = b.op("Div", [values, b.op("Gather", [safe, rows], axis=0)])
+    coef = b.op("Cast", [b.op("Gather", [weights[COEF], buckets], axis=0)], to=TensorProto.DOUBLE)
+    contrib = b.op("Mul", [coef, b.op("Unsqueeze", [scaled, b.const([1])])])
+    grid = _zeros(b, b.op("Concat", [n_rows, b.op("Shape", [weights[INTERCEPT]])], axis=0))
     targets = b.op("Expand", [b.op("Unsqueeze", [rows, b.const([1])]), b.op("Shape", [contrib])])
     summed = b.op("ScatterElements", [grid, targets, contrib], axis=0, reduction="add")
-    return b.op("Add", [summed, intercept])
+    return b.op("Add", [summed, weights[INTERCEPT]])
 
 
 def build_model(
     spec: FeatureSpec,
+    idf: np.ndarray,
     coef: np.ndarray,
     intercept: np.ndarray,
     labels: Sequence[str],
     metadata: Dict[str, str],
 ) -> onnx.ModelProto:
-    """The serving graph for a fitted linear model over `spec`'s hashed features.
+    """The serving graph for a fitted tf-idf + linear model over `spec`'s hashed features.
 
     `coef` is ``[n_classes, n_features]`` as scikit-learn stores it; it is kept
     as float32 (half the file) and widened to float64 after the gather, so the
     caller must round the scikit-learn model's weights the same way for parity.
     """
     b = _Builder()
-    coef_t = b.const(np.ascontiguousarray(coef.T, dtype=np.float32), "coef", np.float32)
-    intercept_t = b.const(np.asarray(intercept, dtype=np.float64), "intercept", np.float64)
-    n_rows = b.op("Shape", ["title"])
+    weights = {
+        IDF: b.weight(IDF, np.asarray(idf, dtype=np.float64)),
+        COEF: b.weight(COEF, np.ascontiguousarray(coef.T, dtype=np.float32)),
+        INTERCEPT: b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64)),
+    }
     feats = _features(b, spec, "title", "concatenated_tags")
-    scores = _scores(b, spec, feats, n_rows, coef_t, intercept_t)
+    scores = _scores(b, spec, feats, b.op("Shape", ["title"]), weights)
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])
     proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])
@@ -322,8 +322,3 @@ def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelP
     helper.set_model_props(model, metadata)
     onnx.checker.check_model(model)
     return model
-
-
-def metadata_labels(model: onnx.ModelProto) -> List[str]:
-    props = {p.key: p.value for p in model.metadata_props}
-    return list(json.loads(props["labels"]))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from categorizer.model import RANDOM_STATE
+from categorizer.features import Doc
+from categorizer.model import RANDOM_STATE, docs
 
 # One fold in five held out: about 20% of the product/title groups.
 N_FOLDS = 5
@@ -77,3 +79,26 @@ def plot_f1(reports: Dict[str, Dict[str, Any]], labels: Sequence[str], path: Pat
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def evaluate(predict: Callable[[List[Doc]], np.ndarray], frame: pd.DataFrame, labels: Sequence[str]) -> Dict[str, Any]:
+    """Reports for the two inputs clients send: the title alone, and title + tags."""
+    titles = frame["title"].tolist()
+    truth = frame["category"].tolist()
+    return {
+        "title_only": report(truth, predict(docs(titles)), labels),
+        "title_and_tags": report(truth, predict(docs(titles, frame["concatenated_tags"].tolist())), labels),
+    }
+
+
+def strip_accents(text: str) -> str:
+    """What users type without a Portuguese keyboard: "bebe" for "bebê"."""
+    decomposed = unicodedata.normalize("NFD", text)
+    return unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
+
+
+def accent_invariance(predict: Callable[[List[Doc]], np.ndarray], titles: Sequence[str]) -> float:
+    """Share of titles whose label survives stripping their accents."""
+    original = predict(docs(list(titles)))
+    stripped = predict(docs([strip_accents(title) for title in titles]))
+    return float(np.mean(original == stripped))

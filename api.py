@@ -1,0 +1,41 @@
+"""Entry point: `python api.py` serves the categorizer API (settings from the environment).
+
+WORKERS=1 serves in this process; more start a supervisor and that many worker
+processes sharing PORT (see service/supervisor.py). Exit codes: 0 after a graceful
+stop, 2 bad settings, 3 unusable model or port, 1 a worker died.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from service.settings import Settings, SettingsError
+
+EXIT_BAD_SETTINGS = 2
+
+
+def main() -> int:
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_SETTINGS
+    # Imported after the settings check: a typo in the environment fails fast.
+    from service.supervisor import EXIT_STARTUP, Supervisor
+
+    if settings.workers > 1:
+        return Supervisor(settings).run()
+    from service.logs import configure
+    from service.server import StartupError, run_worker
+
+    configure(settings.log_level)
+    try:
+        run_worker(settings)
+    except StartupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Export: the fitted model as one self-contained ONNX file, plus metrics.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from categorizer.features import FeatureSpec
+from categorizer.model import Model, TrainConfig, pipeline
+from categorizer.onnx_graph import COEF, IDF, INTERCEPT, build_model
+
+# Metadata keys other languages read; part of the file's contract.
+LABELS_KEY = "labels"
+FEATURE_SPEC_KEY = "feature_spec"
+METRICS_KEY = "metrics"
+DATA_SHA256_KEY = "training_data_sha256"
+
+
+def to_onnx(model: Model, metrics: Mapping[str, Any], data_sha256: str) -> onnx.ModelProto:
+    metadata = {
+        LABELS_KEY: json.dumps(model.labels, ensure_ascii=False),
+        FEATURE_SPEC_KEY: model.spec.to_json(),
+        METRICS_KEY: json.dumps(metrics, ensure_ascii=False, sort_keys=True),
+        DATA_SHA256_KEY: data_sha256,
+    }
+    classifier = model.classifier
+    return build_model(
+        model.spec, model.tfidf.idf_, classifier.coef_, classifier.intercept_, model.labels, metadata
+    )
+
+
+def save(model: onnx.ModelProto, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def write_metrics(metrics: Mapping[str, Any], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return path
+
+
+def read_metadata(path: Path) -> Dict[str, str]:
+    """The file's metadata_props, without loading the weights into a session."""
+    model = onnx.load(str(path), load_external_data=False)
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def load_reference(path: Path) -> Model:
+    """The scikit-learn twin of an exported file: its spec and weights, no training.
+
+    Parity tests score with it, so that a committed artifact is checked against
+    the Python realisation of its own feature spec.
+    """
+    model = onnx.load(str(path))
+    weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    meta = {prop.key: prop.value for prop in model.metadata_props}
+    spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
+    fitted = pipeline(spec, TrainConfig())
+    fitted.named_steps["tfidf"].idf_ = weights[IDF]
+    classifier = fitted.named_steps["sgd"]
+    classifier.coef_ = weights[COEF].T.astype(np.float64)
+    classifier.intercept_ = weights[INTERCEPT]
+    classifier.classes_ = np.array(json.loads(meta[LABELS_KEY]), dtype=object)
+    classifier.n_features_in_ = spec.n_features
+    return Model(spec, fitted)

@@ -1,0 +1,69 @@
+"""HTTP handlers: parse, call the model, shape the response. Nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+from aiohttp import web
+
+from service.errors import ApiError
+from service.schema import CategorizeResponse
+from service.state import STATE, State
+
+# Batches up to this many characters (titles + tags) run on the event loop: measured
+# at ~1 µs/char plus ~0.1 ms per call, so at most ~2 ms of stall, cheaper than the
+# thread hand-off (~0.1 ms) for the typical one-product request. Bigger batches go
+# to the model thread so that other requests keep flowing meanwhile.
+INLINE_MAX_CHARS = 2048
+
+_ENCODER = msgspec.json.Encoder()
+_JSON_HEADERS = {"Content-Type": "application/json"}
+_EMPTY = _ENCODER.encode(CategorizeResponse([]))
+
+
+async def categorize(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    body = await _read_body(request, state.settings.max_body_bytes)
+    batch = state.decoder.decode(body)
+    if not batch.titles:  # the model graph fails on an empty batch
+        state.metrics.observe_predictions(())
+        return web.Response(body=_EMPTY, headers=_JSON_HEADERS)
+    if batch.chars <= INLINE_MAX_CHARS:
+        categories = state.model.predict(batch.titles, batch.tags)
+    else:
+        loop = asyncio.get_running_loop()
+        categories = await loop.run_in_executor(state.executor, state.model.predict, batch.titles, batch.tags)
+    state.metrics.observe_predictions(categories)
+    return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    # Content-Length says it up front: refuse without reading. Chunked bodies are cut
+    # by aiohttp's client_max_size (the same limit) while reading.
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError.too_large(limit)
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ApiError.too_large(limit) from None
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state: State = request.app[STATE]
+    if state.draining:
+        return web.Response(status=503, text="draining")
+    return web.Response(text="ready")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    return web.Response(body=state.metrics.render(), headers={"Content-Type": state.metrics.content_type})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].openapi, headers=_JSON_HEADERS)

@@ -1,0 +1,168 @@
+"""Request/response schema: one msgspec pass decodes and validates a request body,
+and the same types generate the OpenAPI document.
+
+No `from __future__ import annotations` here: msgspec reads the Struct annotations at
+runtime, and the limits inside them come from the settings (a closure), which string
+annotations could not see.
+"""
+
+import json
+import re
+from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Type
+
+import msgspec
+from msgspec import Meta
+
+from service.errors import ApiError, Problem
+from service.settings import Settings
+
+# A lone UTF-16 surrogate escape; msgspec refuses them (onnxruntime could not encode
+# them anyway), this only finds which field held one for the error message.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_ERROR_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
+_MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
+
+
+class Batch(NamedTuple):
+    """A validated request, as the model takes it: parallel lists, "" for no tags."""
+
+    titles: List[str]
+    tags: List[str]
+    chars: int  # characters of all titles and tags: the cost of running the batch
+
+
+class CategorizeResponse(msgspec.Struct):
+    categories: List[str]
+
+
+def request_type(settings: Settings) -> Type[msgspec.Struct]:
+    """The request Struct with the configured limits built in (so they show in OpenAPI)."""
+
+    class Product(msgspec.Struct):
+        """A product; fields other than these two are accepted and ignored."""
+
+        title: Annotated[
+            str,
+            Meta(min_length=1, max_length=settings.max_title_chars, description="Product title."),
+        ]
+        concatenated_tags: Annotated[
+            Optional[Annotated[str, Meta(max_length=settings.max_tags_chars)]],
+            Meta(description='Space-separated seller tags; null, missing and "" all mean none.'),
+        ] = None
+
+    class CategorizeRequest(msgspec.Struct):
+        products: Annotated[List[Product], Meta(max_length=settings.max_products)]
+
+    return CategorizeRequest
+
+
+class RequestDecoder:
+    """Turns a request body into a Batch, or raises ApiError(400) naming the field."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._decoder = msgspec.json.Decoder(request_type(settings))
+
+    def decode(self, body: bytes) -> Batch:
+        try:
+            request: Any = self._decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise _schema_error(str(exc)) from None
+        except msgspec.DecodeError as exc:
+            raise _syntax_error(body, str(exc)) from None
+        except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
+            raise ApiError.invalid("body", "not valid UTF-8") from None
+        except RecursionError:  # msgspec raises it for deep nesting in ignored fields
+            raise ApiError.invalid("body", "JSON nested too deeply") from None
+        titles: List[str] = []
+        tags: List[str] = []
+        chars = 0
+        for i, product in enumerate(request.products):
+            title: str = product.title
+            if title.isspace():  # msgspec's min_length already rejected ""
+                raise ApiError.invalid(f"products[{i}].title", "expected a non-empty string, got whitespace")
+            tag: str = product.concatenated_tags or ""
+            titles.append(title)
+            tags.append(tag)
+            chars += len(title) + len(tag)
+        return Batch(titles, tags, chars)
+
+
+def _schema_error(text: str) -> ApiError:
+    match = _ERROR_PATH.match(text)
+    assert match is not None  # the pattern matches any string
+    message, path = match["message"], (match["path"] or "").lstrip(".")
+    missing = _MISSING_FIELD.match(message)
+    if missing:
+        field = f"{path}.{missing['name']}" if path else missing["name"]
+        return ApiError.invalid(field, "required field is missing")
+    return ApiError.invalid(path or "body", message[:1].lower() + message[1:])
+
+
+def _syntax_error(body: bytes, text: str) -> ApiError:
+    if _SURROGATE_ESCAPE.search(body):
+        field = _surrogate_field(body)
+        if field is not None:
+            return ApiError.invalid(field, "contains a lone UTF-16 surrogate, which is not valid text")
+    return ApiError.invalid("body", "not valid JSON: " + text[:1].lower() + text[1:])
+
+
+def _surrogate_field(body: bytes) -> Optional[str]:
+    """The products[i].<field> holding a lone surrogate; error path only, so slow is fine."""
+    try:
+        document = json.loads(body)  # the stdlib accepts lone surrogates
+    except (ValueError, RecursionError):
+        return None
+    products = document.get("products") if isinstance(document, dict) else None
+    for i, product in enumerate(products if isinstance(products, list) else []):
+        for name in ("title", "concatenated_tags"):
+            value = product.get(name) if isinstance(product, dict) else None
+            if isinstance(value, str) and _SURROGATE.search(value):
+                return f"products[{i}].{name}"
+    return None
+
+
+def openapi_document(settings: Settings) -> Dict[str, Any]:
+    """OpenAPI 3.1 description of the service, generated from the same Structs."""
+    (request_ref, response_ref, problem_ref), components = msgspec.json.schema_components(
+        [request_type(settings), CategorizeResponse, Problem], ref_template="#/components/schemas/{name}"
+    )
+    problem = {"application/problem+json": {"schema": problem_ref}}
+
+    def plain(description: str, media: str = "text/plain") -> Dict[str, Any]:
+        return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
+
+    categorize = {
+        "summary": "Category of each product, in request order.",
+        "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
+        "responses": {
+            "200": {
+                "description": "One category per product, same order and length.",
+                "content": {"application/json": {"schema": response_ref}},
+            },
+            "400": {"description": "Invalid body; `field` names the offending field.", "content": problem},
+            "413": {"description": f"Body over {settings.max_body_bytes} bytes.", "content": problem},
+            "500": {"description": "Server bug (logged); generic message.", "content": problem},
+        },
+    }
+    ready = {
+        "200": plain("Model loaded and warmed up; send traffic."),
+        "503": plain("Draining before shutdown; stop sending traffic."),
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Elo7 product categorizer", "version": "1"},
+        "paths": {
+            "/v1/categorize": {"post": categorize},
+            "/healthz": {"get": {"summary": "Process alive.", "responses": {"200": plain("Alive.")}}},
+            "/readyz": {"get": {"summary": "Ready for traffic.", "responses": ready}},
+            "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": plain("Metrics.")}}},
+            "/openapi.json": {
+                "get": {
+                    "summary": "This document.",
+                    "responses": {"200": plain("OpenAPI.", "application/json")},
+                }
+            },
+        },
+        "components": {"schemas": components},
+    }

@@ -1,0 +1,84 @@
+"""One worker: serve the app on the shared port until SIGTERM, then drain and stop.
+
+Shutdown sequence (the same in every worker):
+1. SIGTERM/SIGINT: /readyz turns 503 at once; requests are still served normally,
+   new connections still accepted (closing a SO_REUSEPORT listener would reset the
+   connections queued in its accept backlog), responses carry `Connection: close`.
+2. After DRAIN_SECONDS: stop accepting, let in-flight requests finish within
+   GRACE_SECONDS, release the model, return (exit code 0).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Callable, Optional
+
+from aiohttp import web
+
+from service.app import create_app
+from service.categorizer import ModelError
+from service.logs import access_logger, access_logger_class
+from service.settings import Settings
+from service.state import STATE
+
+log = logging.getLogger("categorizer")
+# Accept queue length per worker; the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 2048
+
+
+class StartupError(Exception):
+    """The worker could not start (model, port); the message is one line."""
+
+
+def run_worker(settings: Settings, on_ready: Optional[Callable[[], None]] = None) -> None:
+    """Serves until SIGTERM/SIGINT and a graceful stop; raises StartupError."""
+    try:
+        import uvloop  # optional: plain asyncio works, only slower
+    except ImportError:
+        asyncio.run(serve(settings, on_ready))
+    else:
+        uvloop.run(serve(settings, on_ready))
+
+
+async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = None) -> None:
+    app = create_app(settings)
+    sampled = settings.access_log_sample > 0
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,  # ours below: drain first, then stop
+        access_log=access_logger() if sampled else None,  # None: no per-request logging cost
+        access_log_class=access_logger_class(settings.access_log_sample),
+        shutdown_timeout=settings.grace_seconds,
+    )
+    stop = _stop_event()
+    try:
+        await runner.setup()  # runs the cleanup_ctx start-up: loads the model
+    except ModelError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=True, backlog=LISTEN_BACKLOG)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+        log.info("serving", extra={"host": settings.host, "port": settings.port})
+        if on_ready is not None:
+            on_ready()
+        await stop.wait()
+        app[STATE].draining = True
+        log.info("draining", extra={"seconds": settings.drain_seconds})
+        await asyncio.sleep(settings.drain_seconds)
+        log.info("stopping", extra={"grace_seconds": settings.grace_seconds})
+    finally:
+        await runner.cleanup()  # stops accepting, waits for in-flight requests
+
+
+def _stop_event() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        # A second signal changes nothing: the drain is already under way.
+        loop.add_signal_handler(signum, stop.set)
+    return stop

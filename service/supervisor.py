@@ -1,0 +1,151 @@
+"""Several worker processes on one port (SO_REUSEPORT), watched by this parent.
+
+- Workers are spawned (not forked): each builds its own app, event loop and model
+  session from scratch, with no onnxruntime threads inherited from the parent.
+- SIGTERM/SIGINT to the parent is forwarded to every worker, which drains and stops
+  (see service.server); the parent exits 0 when they all exited 0.
+- A worker that dies unexpectedly is NOT restarted: the parent drains the others
+  and exits 1, so the orchestrator (Kubernetes, systemd, Docker) restarts the whole
+  service with a clean state and the failure is visible, rather than hidden by a
+  restart loop inside the container.
+- A worker that cannot start (model, port) reports its one-line error; the parent
+  prints it once and exits with EXIT_STARTUP.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import multiprocessing.connection as mpc
+import os
+import signal
+import socket
+import sys
+import time
+from multiprocessing.process import BaseProcess
+from typing import Any, Dict, List, Optional, Set
+
+from service.settings import Settings
+
+EXIT_STARTUP = 3  # the model or the port is unusable: fix the config, do not retry
+EXIT_WORKER_DIED = 1
+READY = "ready"
+# Beyond drain + grace, workers get this long to exit before being killed.
+STOP_MARGIN_SECONDS = 5.0
+
+
+def worker_main(settings: Settings, conn: mpc.Connection) -> None:
+    """Entry point of a worker process."""
+    from service.logs import configure  # here: keeps the parent light
+    from service.server import StartupError, run_worker
+
+    configure(settings.log_level)
+    try:
+        run_worker(settings, on_ready=lambda: conn.send(READY))
+    except StartupError as exc:
+        conn.send(str(exc))
+        sys.exit(EXIT_STARTUP)
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.workers: Dict[int, BaseProcess] = {}  # by sentinel
+        self.pipes: Dict[Any, BaseProcess] = {}  # parent end of each worker's pipe
+        self.ready: Set[int] = set()  # pids that reported READY
+        self.stopping = False
+        self.exit_code = 0
+
+    def run(self) -> int:
+        wake_r, wake_w = socket.socketpair()
+        wake_r.setblocking(False)
+        wake_w.setblocking(False)
+        # Signals only write a byte to wake_w; the loop below reacts to it.
+        previous_fd = signal.set_wakeup_fd(wake_w.fileno())
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+        try:
+            self._spawn_all()
+            self._loop(wake_r)
+        finally:
+            signal.set_wakeup_fd(previous_fd)
+            wake_r.close()
+            wake_w.close()
+        return self.exit_code
+
+    def _spawn_all(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        for _ in range(self.settings.workers):
+            parent_end, child_end = context.Pipe(duplex=False)
+            process = context.Process(target=worker_main, args=(self.settings, child_end), daemon=False)
+            process.start()
+            child_end.close()
+            self.workers[process.sentinel] = process
+            self.pipes[parent_end] = process
+
+    def _loop(self, wake: socket.socket) -> None:
+        deadline: Optional[float] = None
+        while self.workers:
+            timeout = None if deadline is None else max(0.0, deadline - _now())
+            events: List[Any] = mpc.wait([wake, *self.pipes, *self.workers], timeout)
+            if not events and deadline is not None and _now() >= deadline:
+                self._kill_all()
+            for event in events:
+                if event is wake:
+                    self._on_signal(wake)
+                elif event in self.pipes:
+                    self._on_message(event)
+                else:
+                    self._on_exit(self.workers.pop(event))
+            if self.stopping and deadline is None:
+                deadline = _now() + self.settings.drain_seconds + self.settings.grace_seconds
+                deadline += STOP_MARGIN_SECONDS
+
+    def _on_signal(self, wake: socket.socket) -> None:
+        with contextlib.suppress(BlockingIOError):
+            wake.recv(64)
+        self._stop_all()
+
+    def _on_message(self, conn: Any) -> None:
+        process = self.pipes[conn]
+        try:
+            message = conn.recv()
+        except EOFError:  # the worker exited; its sentinel tells how
+            del self.pipes[conn]
+            return
+        if message == READY:
+            self.ready.add(process.pid or 0)
+        elif not self.stopping:  # a start-up error: report the first one only
+            print(f"error: {message}", file=sys.stderr)
+            self.exit_code = EXIT_STARTUP
+            self._stop_all()
+
+    def _on_exit(self, process: BaseProcess) -> None:
+        process.join()
+        # Its last message (a start-up error) may not have been read yet.
+        for conn in [c for c, p in self.pipes.items() if p is process]:
+            while conn in self.pipes and conn.poll():
+                self._on_message(conn)
+        if self.stopping:
+            if process.exitcode != 0 and self.exit_code == 0:
+                self.exit_code = EXIT_WORKER_DIED
+            return
+        print(f"error: worker {process.pid} exited unexpectedly (code {process.exitcode})", file=sys.stderr)
+        self.exit_code = EXIT_WORKER_DIED
+        self._stop_all()
+
+    def _stop_all(self) -> None:
+        self.stopping = True
+        for process in self.workers.values():
+            if process.pid is not None and process.exitcode is None:
+                os.kill(process.pid, signal.SIGTERM)
+
+    def _kill_all(self) -> None:
+        print("error: workers did not stop in time; killing them", file=sys.stderr)
+        self.exit_code = EXIT_WORKER_DIED
+        for process in self.workers.values():
+            process.kill()
+
+
+def _now() -> float:
+    return time.monotonic()

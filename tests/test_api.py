@@ -1,0 +1,440 @@
+"""Contract tests of the HTTP API, in-process (pytest-aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import json
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+
+import msgspec
+import pytest
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
+
+from service import create_app
+from service.categorizer import Categorizer
+from service.settings import DEFAULT_MAX_PRODUCTS, Settings
+from service.state import STATE
+
+Client = TestClient[web.Request, web.Application]
+AiohttpClient = Callable[[web.Application], Awaitable[Client]]
+URL = "/v1/categorize"
+PROBLEM = "application/problem+json"
+
+
+async def post(client: Client, body: Any) -> ClientResponse:
+    """POSTs bytes as they are, anything else as JSON."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    # aiohttp warns on raw bytes over 1 MiB; a BytesIO still sends a Content-Length.
+    return await client.post(URL, data=io.BytesIO(data), headers={"Content-Type": "application/json"})
+
+
+async def categories_of(client: Client, products: List[Dict[str, Any]]) -> List[str]:
+    response = await post(client, {"products": products})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert list(body) == ["categories"]
+    result: List[str] = body["categories"]
+    assert len(result) == len(products)
+    return result
+
+
+async def assert_problem(response: ClientResponse, status: int, field: Optional[str]) -> Dict[str, Any]:
+    assert response.status == status, await response.text()
+    assert response.content_type == PROBLEM
+    problem: Dict[str, Any] = await response.json(content_type=PROBLEM)
+    assert problem["status"] == status
+    assert problem["type"] == "about:blank"
+    assert problem["title"]
+    if field is not None:
+        assert problem["field"] == field
+        assert problem["detail"].startswith(f"{field}: ")
+    assert "Traceback" not in problem["detail"]
+    return problem
+
+
+async def assert_still_serves(client: Client, labels: Tuple[str, ...]) -> None:
+    [category] = await categories_of(client, [{"title": "Caneca personalizada"}])
+    assert category in labels
+
+
+async def rejects(
+    client: Client, labels: Tuple[str, ...], body: Any, field: Optional[str], status: int = 400
+) -> Dict[str, Any]:
+    problem = await assert_problem(await post(client, body), status, field)
+    await assert_still_serves(client, labels)
+    return problem
+
+
+# --- Rejections: one test per class of bad input -------------------------------------------
+
+
+async def test_rejects_malformed_json(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b'{"products": [}', "body")
+
+
+async def test_rejects_truncated_json(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b'{"products": [{"title": "Caneca"', "body")
+
+
+async def test_rejects_empty_body(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b"", "body")
+
+
+async def test_rejects_nan(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b'{"products": [{"title": "a", "price": NaN}]}', "body")
+
+
+async def test_rejects_trailing_garbage(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b'{"products": [{"title": "a"}]} x', "body")
+
+
+async def test_rejects_utf16_body(client: Client, model_labels: Tuple[str, ...]) -> None:
+    body = json.dumps({"products": [{"title": "Caneca"}]}).encode("utf-16")
+    await rejects(client, model_labels, body, "body")
+
+
+async def test_rejects_invalid_utf8_in_title(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, b'{"products": [{"title": "Cal\xe7a"}]}', "body")
+
+
+@pytest.mark.parametrize("where", ["ignored field", "top level"])
+async def test_rejects_deeply_nested(client: Client, model_labels: Tuple[str, ...], where: str) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    body = b'{"products": [{"title": "a", "x": ' + deep + b"}]}" if where == "ignored field" else deep
+    await rejects(client, model_labels, body, "body")
+
+
+@pytest.mark.parametrize("body", [[], [{"title": "a"}], "products", 1, None, True])
+async def test_rejects_non_object_body(client: Client, model_labels: Tuple[str, ...], body: Any) -> None:
+    await rejects(client, model_labels, body, "body")
+
+
+async def test_rejects_missing_products(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, {"items": [{"title": "a"}]}, "products")
+
+
+@pytest.mark.parametrize("products", [{"title": "a"}, "a", None, 3])
+async def test_rejects_products_not_a_list(
+    client: Client, model_labels: Tuple[str, ...], products: Any
+) -> None:
+    await rejects(client, model_labels, {"products": products}, "products")
+
+
+@pytest.mark.parametrize("item", ["Caneca", 1, None, [{"title": "a"}]])
+async def test_rejects_product_not_an_object(
+    client: Client, model_labels: Tuple[str, ...], item: Any
+) -> None:
+    await rejects(client, model_labels, {"products": [{"title": "ok"}, item]}, "products[1]")
+
+
+async def test_rejects_missing_title(client: Client, model_labels: Tuple[str, ...]) -> None:
+    body = {"products": [{"title": "ok"}, {"title": "ok"}, {"concatenated_tags": "caneca"}]}
+    await rejects(client, model_labels, body, "products[2].title")
+
+
+@pytest.mark.parametrize("title", [1, 1.5, None, True, ["a"], {"a": 1}])
+async def test_rejects_title_not_a_string(client: Client, model_labels: Tuple[str, ...], title: Any) -> None:
+    await rejects(client, model_labels, {"products": [{"title": title}]}, "products[0].title")
+
+
+async def test_rejects_empty_title(client: Client, model_labels: Tuple[str, ...]) -> None:
+    await rejects(client, model_labels, {"products": [{"title": "ok"}, {"title": ""}]}, "products[1].title")
+
+
+@pytest.mark.parametrize("title", [" ", "\t\n  ", "\u3000\u00a0"])
+async def test_rejects_whitespace_only_title(
+    client: Client, model_labels: Tuple[str, ...], title: str
+) -> None:
+    problem = await rejects(client, model_labels, {"products": [{"title": title}]}, "products[0].title")
+    assert "non-empty" in problem["detail"]
+
+
+async def test_rejects_title_over_limit(
+    client: Client, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    body = {"products": [{"title": "a" * (settings.max_title_chars + 1)}]}
+    await rejects(client, model_labels, body, "products[0].title")
+
+
+async def test_accepts_title_at_limit(
+    client: Client, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    [category] = await categories_of(client, [{"title": "a" * settings.max_title_chars}])
+    assert category in model_labels
+
+
+@pytest.mark.parametrize("field", ["title", "concatenated_tags"])
+async def test_rejects_lone_surrogates(client: Client, model_labels: Tuple[str, ...], field: str) -> None:
+    # json.dumps writes a lone surrogate as the escape \ud800, which JSON syntax allows.
+    products = [{"title": "ok"}, {"title": "Caneca", "concatenated_tags": ""}]
+    products[1][field] = "Can\ud800eca"
+    problem = await rejects(client, model_labels, {"products": products}, f"products[1].{field}")
+    assert "surrogate" in problem["detail"]
+
+
+async def test_rejects_lone_surrogate_at_end_of_title(client: Client, model_labels: Tuple[str, ...]) -> None:
+    # The escape right before the closing quote is another msgspec code path.
+    await rejects(client, model_labels, rb'{"products": [{"title": "\udc00"}]}', "products[0].title")
+
+
+@pytest.mark.parametrize("tags", [1, ["a", "b"], {"a": 1}, False])
+async def test_rejects_tags_not_a_string(client: Client, model_labels: Tuple[str, ...], tags: Any) -> None:
+    body = {"products": [{"title": "Caneca", "concatenated_tags": tags}]}
+    await rejects(client, model_labels, body, "products[0].concatenated_tags")
+
+
+async def test_rejects_tags_over_limit(
+    client: Client, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    body = {"products": [{"title": "Caneca", "concatenated_tags": "a" * (settings.max_tags_chars + 1)}]}
+    await rejects(client, model_labels, body, "products[0].concatenated_tags")
+
+
+async def test_rejects_too_many_products(client: Client, model_labels: Tuple[str, ...]) -> None:
+    body = {"products": [{"title": "a"}] * (DEFAULT_MAX_PRODUCTS + 1)}
+    await rejects(client, model_labels, body, "products")
+
+
+async def test_rejects_body_over_limit_with_413(
+    client: Client, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    body = b" " * (settings.max_body_bytes + 1)  # Content-Length says it: refused unread
+    await rejects(client, model_labels, body, "body", status=413)
+
+
+async def test_rejects_chunked_body_over_limit_with_413(
+    aiohttp_client: AiohttpClient, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    small = dataclasses.replace(settings, max_body_bytes=4096)
+    client = await aiohttp_client(create_app(small))
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: aiohttp cuts it while reading
+        for _ in range(10):
+            yield b" " * 1024
+
+    response = await client.post(URL, data=chunks())
+    await assert_problem(response, 413, "body")
+    await assert_still_serves(client, model_labels)
+
+
+async def test_unknown_path_404_json(client: Client, model_labels: Tuple[str, ...]) -> None:
+    response = await client.get("/v1/categorise")
+    problem = await assert_problem(response, 404, None)
+    assert problem["instance"] == "/v1/categorise"
+    await assert_still_serves(client, model_labels)
+
+
+@pytest.mark.parametrize("method", ["GET", "PUT", "DELETE"])
+async def test_wrong_method_405_json(client: Client, model_labels: Tuple[str, ...], method: str) -> None:
+    response = await client.request(method, URL)
+    await assert_problem(response, 405, None)
+    assert response.headers["Allow"] == "POST"
+    await assert_still_serves(client, model_labels)
+
+
+async def test_unexpected_error_is_500_problem_without_details(
+    client: Client,
+    model_labels: Tuple[str, ...],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(titles: Any, tags: Any) -> List[str]:
+        raise RuntimeError("secret internal state")
+
+    monkeypatch.setattr(client.app[STATE].model, "predict", broken)
+    response = await post(client, {"products": [{"title": "Caneca"}]})
+    problem = await assert_problem(response, 500, None)
+    assert "secret" not in await response.text()
+    assert "unexpected" in problem["detail"]
+    assert any(r.exc_info and "secret internal state" in str(r.exc_info[1]) for r in caplog.records)
+
+
+# --- Happy paths ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def direct_model(model_path: str) -> Categorizer:
+    return Categorizer.load(model_path)
+
+
+async def test_one_product(client: Client, model_labels: Tuple[str, ...]) -> None:
+    [category] = await categories_of(
+        client, [{"title": "Lembrancinha 15 anos", "concatenated_tags": "15 anos"}]
+    )
+    assert category in model_labels
+
+
+@pytest.mark.parametrize("count", [2, 1000])
+async def test_keeps_order_and_length(
+    client: Client, direct_model: Categorizer, test_products: List[Dict[str, str]], count: int
+) -> None:
+    # Varied lengths and more rows than a sub-batch: exercises the length sort and its undoing.
+    rows = [test_products[i % len(test_products)] for i in range(count)]
+    products = [
+        {"title": r["title"] + " x" * (i % 7), "concatenated_tags": r["concatenated_tags"]}
+        for i, r in enumerate(rows)
+    ]
+    one_by_one = [direct_model.predict([p["title"]], [p["concatenated_tags"]])[0] for p in products]
+    assert await categories_of(client, products) == one_by_one
+
+
+async def test_ignores_extra_fields(client: Client) -> None:
+    plain = [{"title": "Kit festa infantil", "concatenated_tags": "festa"}]
+    extra = [{**plain[0], "price": 12.5, "seller_id": 7, "nested": {"a": [1, None]}, "title_": 1}]
+    body = {"products": extra, "request_id": "abc"}
+    response = await post(client, body)
+    assert response.status == 200
+    assert (await response.json())["categories"] == await categories_of(client, plain)
+
+
+@pytest.mark.parametrize("no_tags", [{}, {"concatenated_tags": ""}, {"concatenated_tags": None}])
+async def test_missing_empty_and_null_tags_mean_the_same(client: Client, no_tags: Dict[str, Any]) -> None:
+    title = "Porta retrato de madeira"
+    assert await categories_of(client, [{"title": title, **no_tags}]) == await categories_of(
+        client, [{"title": title, "concatenated_tags": ""}]
+    )
+
+
+async def test_tags_change_nothing_structurally(
+    client: Client, model_labels: Tuple[str, ...], test_products: List[Dict[str, str]]
+) -> None:
+    rows = test_products[:50]
+    with_tags = await categories_of(
+        client, [{"title": r["title"], "concatenated_tags": r["concatenated_tags"]} for r in rows]
+    )
+    without = await categories_of(client, [{"title": r["title"]} for r in rows])
+    assert len(with_tags) == len(without) == len(rows)
+    assert set(with_tags) | set(without) <= set(model_labels)
+
+
+async def test_empty_list_skips_the_model(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(titles: Any, tags: Any) -> List[str]:
+        raise AssertionError("the model ran on an empty batch")
+
+    monkeypatch.setattr(client.app[STATE].model, "predict", must_not_run)
+    response = await post(client, {"products": []})
+    assert response.status == 200
+    assert response.content_type == "application/json"
+    assert await response.json() == {"categories": []}
+
+
+async def test_categorizes_every_test_product(
+    client: Client, model_labels: Tuple[str, ...], test_products: List[Dict[str, str]]
+) -> None:
+    products = [{"title": r["title"], "concatenated_tags": r["concatenated_tags"]} for r in test_products]
+    categories = await categories_of(client, products)
+    assert all(c in model_labels for c in categories)
+    # The file's own labels must be ones the model knows, or the contract is off.
+    assert {r["category"] for r in test_products} <= set(model_labels)
+
+
+# --- Ops endpoints --------------------------------------------------------------------------
+
+
+async def test_healthz_and_readyz(client: Client) -> None:
+    assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/readyz")).status == 200
+
+
+async def test_readyz_503_while_draining_and_connections_close(
+    client: Client, model_labels: Tuple[str, ...]
+) -> None:
+    client.app[STATE].draining = True
+    response = await client.get("/readyz")
+    assert response.status == 503
+    assert response.headers.get("Connection", "").lower() == "close"
+    await assert_still_serves(client, model_labels)  # draining still serves
+
+
+async def test_metrics_count_requests_and_predictions(client: Client, model_labels: Tuple[str, ...]) -> None:
+    [category] = await categories_of(client, [{"title": "Caneca"}])
+    await client.get("/nowhere")
+    text = await (await client.get("/metrics")).text()
+    assert 'categorizer_http_requests_total{route="/v1/categorize",status="200"} 1.0' in text
+    assert 'categorizer_http_requests_total{route="unmatched",status="404"} 1.0' in text
+    assert f'categorizer_predictions_total{{category="{category}"}} 1.0' in text
+    assert "categorizer_products_per_request_bucket" in text
+    assert "categorizer_http_request_duration_seconds_bucket" in text
+
+
+async def test_openapi_document_describes_the_schema(client: Client, settings: Settings) -> None:
+    response = await client.get("/openapi.json")
+    assert response.status == 200
+    doc = await response.json()
+    assert doc["openapi"].startswith("3.1")
+    schemas = doc["components"]["schemas"]
+    assert schemas["CategorizeRequest"]["properties"]["products"]["maxItems"] == settings.max_products
+    assert schemas["Product"]["properties"]["title"]["maxLength"] == settings.max_title_chars
+    assert schemas["Product"]["required"] == ["title"]
+    assert "/v1/categorize" in doc["paths"]
+
+
+# --- Fuzzing: nothing a client sends gets a 5xx ---------------------------------------------
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_titles = st.one_of(st.text(max_size=30), _json_values)
+_products = st.lists(
+    st.fixed_dictionaries({"title": _titles}, optional={"concatenated_tags": _titles, "x": _json_values})
+    | _json_values,
+    max_size=5,
+)
+_bodies = st.one_of(
+    st.binary(max_size=64),
+    _json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"products": _products}).map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"products": _products}).map(
+        lambda v: json.dumps(v).encode()[: len(json.dumps(v)) // 2]
+    ),
+)
+
+
+@pytest.fixture
+def sync_client(settings: Settings) -> Iterator[Tuple[asyncio.AbstractEventLoop, Client]]:
+    """A client on its own loop, for hypothesis, which drives examples synchronously."""
+    loop = asyncio.new_event_loop()
+
+    async def start() -> Client:
+        client = TestClient(TestServer(create_app(settings)))
+        await client.start_server()
+        return client
+
+    client = loop.run_until_complete(start())
+    try:
+        yield loop, client
+    finally:
+        loop.run_until_complete(client.close())
+        loop.close()
+
+
+@hyp_settings(
+    max_examples=2500,
+    deadline=None,
+    database=None,
+    # The server is shared by all examples on purpose: it must survive all of them.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(body=_bodies)
+def test_fuzz_never_5xx(sync_client: Tuple[asyncio.AbstractEventLoop, Client], body: bytes) -> None:
+    loop, client = sync_client
+
+    async def check() -> None:
+        response = await client.post(URL, data=body)
+        assert response.status in (200, 400), (response.status, await response.text())
+        if response.status == 200:
+            payload = msgspec.json.decode(await response.read())
+            sent = msgspec.json.decode(body)
+            assert len(payload["categories"]) == len(sent["products"])
+        else:
+            assert response.content_type == PROBLEM
+
+    loop.run_until_complete(check())

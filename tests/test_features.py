@@ -1,0 +1,79 @@
+"""The feature spec's Python realisation: folding, words, n-grams, serialisation."""
+
+from __future__ import annotations
+
+import pytest
+
+from categorizer.features import CHAR_PREFIX, WORD_PREFIX, FeatureSpec, default_fold_table
+
+SPEC = FeatureSpec()
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("Bebê", ["bebe"]),
+        ("ÇÃO Éter", ["cao", "eter"]),
+        ("Kit-Festa, 10 un.", ["kit", "festa", "10", "un"]),
+        ("chá  de\tbebê\n", ["cha", "de", "bebe"]),
+        ("e\u0301 combinado", ["e", "combinado"]),  # NFD accent: the mark is deleted
+        ("“aspas” – travessão…", ["aspas", "travessao"]),
+        ("", []),
+        ("!!! ???", []),
+        ("😀 中文", ["😀", "中文"]),  # outside the fold table: kept as they are
+    ],
+)
+def test_words_fold_case_accents_and_punctuation(text: str, words: list[str]) -> None:
+    assert SPEC.words(text) == words
+
+
+def test_stream_frames_words_with_single_spaces() -> None:
+    assert SPEC.stream(["ab", "c"]) == " ab c "
+    assert SPEC.stream([]) == " "
+
+
+def test_analyze_joins_title_and_tags_and_prefixes_families() -> None:
+    spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2))
+    features = spec.analyze(("Ab", "c"))
+    chars = [f"{CHAR_PREFIX}{g}" for g in (" a", "ab", "b ", " c", "c ")]
+    words = [f"{WORD_PREFIX}{w}" for w in ("ab", "c", "ab c")]
+    assert features == chars + words
+
+
+def test_analyze_is_empty_for_text_without_words() -> None:
+    assert SPEC.analyze(("...", "")) == []
+
+
+def test_word_ngrams_use_words_cut_to_max_word_chars() -> None:
+    spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 1), max_word_chars=4)
+    assert spec.analyze(("abcdefg", ""))[-1] == f"{WORD_PREFIX}abcd"
+
+
+def test_fold_table_maps_single_characters() -> None:
+    table = default_fold_table()
+    assert table["Ê"] == "e"
+    assert table["ç"] == "c"
+    assert table["\u0301"] == ""
+    assert table["-"] == " "
+    assert "a" not in table  # unchanged characters are not listed
+    assert all(len(k) == 1 and len(v) <= 1 for k, v in table.items())
+
+
+def test_spec_round_trips_through_json() -> None:
+    spec = FeatureSpec(n_features=2**10, char_ngrams=(3, 4))
+    assert FeatureSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_features": 1000},
+        {"max_word_chars": 30},
+        {"char_ngrams": (3, 2)},
+        {"word_ngrams": (0, 1)},
+        {"fold": {"ab": "c"}},
+    ],
+)
+def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))[:4]):
+        FeatureSpec(**kwargs)  # type: ignore[arg-type]

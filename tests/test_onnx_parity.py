@@ -1,0 +1,195 @@
+"""The ONNX graph and the scikit-learn analyzer are one feature spec: pin them together.
+
+Two kinds of model are checked: the committed artifact (against the scikit-learn
+twin rebuilt from its own weights and spec), and small graphs with random
+weights and unusual specs, fed random Unicode by hypothesis.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import onnxruntime as ort
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from categorizer import export, prepare
+from categorizer.features import FeatureSpec
+from categorizer.model import Model, TrainConfig, docs, pipeline
+from tests.datasets import model_file, public_test_csv, training_csv
+
+# The issue's bar: identical labels, probabilities within 1e-5.
+MAX_PROBA_DELTA = 1e-5
+# The graph pads a batch to its longest text; big files go in slices, as the
+# service sends them.
+BATCH = 512
+
+ADVERSARIAL_TITLES = [
+    "Bebê",
+    "BEBÊ ÇÃO ÉTER ÃÕ",
+    "bebe cao eter ao",
+    "Kit Lembrancinha Chá de Bebê 😀👶🏽",
+    "中文标题 产品",
+    "מוצר בעברית عربى",
+    "12345 678,90",
+    "!!!...???",
+    "   \t\n  ",
+    "",
+    "x" * 10_000,
+    "palavra " * 1_250,
+    "e\u0301 NFD a\u0300",
+    "ﬁ ligature and Ⅻ numerals",
+    "İstanbul ǅ ǈ ß ẞ",
+    "tab\tnew\nline\rcarriage\u00a0nbsp\u2003em\u3000ideographic",
+    "a",
+    "umapalavramuitolongacommaisdetrintaedoiscaracteres",
+]
+ADVERSARIAL_TAGS = ["", "menino azul", "ÇÃO", "😀", "   ", "x" * 5_000]
+
+
+def onnx_predict(
+    session: ort.InferenceSession, titles: Sequence[str], tags: Sequence[str]
+) -> Tuple[np.ndarray, np.ndarray]:
+    labels, proba = [], []
+    for start in range(0, len(titles), BATCH):
+        feeds = {
+            "title": np.array(list(titles[start : start + BATCH]), dtype=object),
+            "concatenated_tags": np.array(list(tags[start : start + BATCH]), dtype=object),
+        }
+        part_labels, part_proba = session.run(None, feeds)
+        labels.append(part_labels)
+        proba.append(part_proba)
+    return np.concatenate(labels), np.concatenate(proba)
+
+
+def assert_parity(model: Model, session: ort.InferenceSession, titles: List[str], tags: List[str]) -> None:
+    labels, proba = onnx_predict(session, titles, tags)
+    batch = docs(titles, tags)
+    expected = model.predict(batch)
+    mismatched = [(t, g) for t, g, a, b in zip(titles, tags, labels, expected) if a != b]
+    assert not mismatched, f"{len(mismatched)} label(s) differ, e.g. {mismatched[:3]}"
+    delta = float(np.abs(proba - model.predict_proba(batch)).max())
+    assert delta <= MAX_PROBA_DELTA
+
+
+def adversarial_pairs() -> Tuple[List[str], List[str]]:
+    pairs = [(t, g) for t in ADVERSARIAL_TITLES for g in ADVERSARIAL_TAGS]
+    return [t for t, _ in pairs], [g for _, g in pairs]
+
+
+# --- the committed artifact ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def artifact() -> Tuple[Model, ort.InferenceSession]:
+    path = model_file()
+    return export.load_reference(path), ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_artifact_matches_sklearn_on_adversarial_text(artifact: Tuple[Model, ort.InferenceSession]) -> None:
+    titles, tags = adversarial_pairs()
+    assert_parity(*artifact, titles, tags)
+
+
+def test_artifact_matches_sklearn_on_one_row_batches(artifact: Tuple[Model, ort.InferenceSession]) -> None:
+    for title in ADVERSARIAL_TITLES:
+        assert_parity(*artifact, [title], [""])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_tags", [False, True], ids=["title_only", "title_and_tags"])
+def test_artifact_matches_sklearn_on_training_file(
+    artifact: Tuple[Model, ort.InferenceSession], with_tags: bool
+) -> None:
+    frame = prepare.clean(pd.read_csv(training_csv()))
+    tags = frame["concatenated_tags"].tolist() if with_tags else [""] * len(frame)
+    assert_parity(*artifact, frame["title"].tolist(), tags)
+
+
+@pytest.mark.parametrize("with_tags", [False, True], ids=["title_only", "title_and_tags"])
+def test_artifact_matches_sklearn_on_public_test_file(
+    artifact: Tuple[Model, ort.InferenceSession], with_tags: bool
+) -> None:
+    frame = prepare.clean(pd.read_csv(public_test_csv()))
+    tags = frame["concatenated_tags"].tolist() if with_tags else [""] * len(frame)
+    assert_parity(*artifact, frame["title"].tolist(), tags)
+
+
+# --- random weights, unusual specs --------------------------------------------
+
+
+def random_model(spec: FeatureSpec, seed: int, labels: Optional[List[str]] = None) -> Model:
+    """A 'fitted' pipeline with random weights, to test the graph without training."""
+    rng = np.random.default_rng(seed)
+    labels = labels or ["Bebê", "b", "c", "d"]
+    fitted = pipeline(spec, TrainConfig())
+    fitted.named_steps["tfidf"].idf_ = rng.uniform(1.0, 9.0, spec.n_features)
+    classifier = fitted.named_steps["sgd"]
+    classifier.coef_ = rng.normal(size=(len(labels), spec.n_features)).astype(np.float32).astype(np.float64)
+    classifier.intercept_ = rng.normal(size=len(labels))
+    classifier.classes_ = np.array(labels, dtype=object)
+    classifier.n_features_in_ = spec.n_features
+    return Model(spec, fitted)
+
+
+def session_for(model: Model) -> ort.InferenceSession:
+    onx = export.to_onnx(model, {}, "0" * 64)
+    return ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+SPECS = {
+    "default": FeatureSpec(n_features=2**12),
+    "tiny_words": FeatureSpec(n_features=2**8, char_ngrams=(1, 3), word_ngrams=(1, 3), max_word_chars=4),
+    "single_orders": FeatureSpec(n_features=2**16, char_ngrams=(4, 4), word_ngrams=(2, 2), max_word_chars=1),
+}
+RANDOM_MODELS = {name: random_model(spec, seed) for seed, (name, spec) in enumerate(SPECS.items())}
+RANDOM_SESSIONS = {name: session_for(model) for name, model in RANDOM_MODELS.items()}
+
+# Text drawn from the whole of Unicode but surrogates, which the service rejects
+# before the model (onnxruntime cannot encode them).
+TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=80)
+LATIN = st.text(st.sampled_from(list("aAáÁçÇ ãõéÉ -,.0\t\u0301ß😀")), max_size=40)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_random_model_matches_sklearn_on_adversarial_text(name: str) -> None:
+    titles, tags = adversarial_pairs()
+    assert_parity(RANDOM_MODELS[name], RANDOM_SESSIONS[name], titles, tags)
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
+@settings(max_examples=60, deadline=None)
+@given(rows=st.lists(st.tuples(st.one_of(TEXT, LATIN), st.one_of(TEXT, LATIN)), min_size=1, max_size=8))
+def test_random_model_matches_sklearn_on_generated_text(name: str, rows: List[Tuple[str, str]]) -> None:
+    assert_parity(RANDOM_MODELS[name], RANDOM_SESSIONS[name], [t for t, _ in rows], [g for _, g in rows])
+
+
+def test_rows_without_features_score_the_intercept() -> None:
+    model = RANDOM_MODELS["default"]
+    _, proba = onnx_predict(RANDOM_SESSIONS["default"], ["", "!!!", " "], ["", "", "..."])
+    sig = 1 / (1 + np.exp(-model.classifier.intercept_))
+    np.testing.assert_allclose(proba, np.tile(sig / sig.sum(), (3, 1)), atol=1e-7)
+
+
+def test_exported_file_honours_the_contract(tmp_path: Path) -> None:
+    model = RANDOM_MODELS["default"]
+    path = export.save(export.to_onnx(model, {"macro_f1": 0.5}, "ab" * 32), tmp_path / "m.onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type, i.shape) for i in session.get_inputs()] == [
+        ("title", "tensor(string)", ["N"]),
+        ("concatenated_tags", "tensor(string)", ["N"]),
+    ]
+    assert [(o.name, o.type) for o in session.get_outputs()] == [
+        ("label", "tensor(string)"),
+        ("probabilities", "tensor(float)"),
+    ]
+    meta = export.read_metadata(path)
+    assert json.loads(meta["labels"]) == model.labels
+    assert FeatureSpec.from_json(meta["feature_spec"]) == model.spec
+    assert json.loads(meta["metrics"]) == {"macro_f1": 0.5}
+    assert meta["training_data_sha256"] == "ab" * 32

@@ -1,0 +1,211 @@
+"""`python api.py` as a real process: start-up failures, graceful shutdown, worker death."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import aiohttp
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+# Generous: only bounds how long a broken server can hang the test run.
+START_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 30.0
+
+
+def api_env(**overrides: str) -> Dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORKERS", "PORT", "MODEL_PATH")}
+    env.update(HOST="127.0.0.1", LOG_LEVEL="WARNING")
+    env.update(overrides)
+    return env
+
+
+def run_api(env: Dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "api.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=STOP_TIMEOUT_SECONDS,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_missing_model_stops_startup(tmp_path: Path, free_port: int, workers: str) -> None:
+    missing = tmp_path / "nope.onnx"
+    result = run_api(api_env(MODEL_PATH=str(missing), PORT=str(free_port), WORKERS=workers))
+    assert_one_line_error(result, str(missing))
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_corrupt_model_stops_startup(tmp_path: Path, free_port: int, workers: str) -> None:
+    corrupt = tmp_path / "model.onnx"
+    corrupt.write_bytes(b"this is not a protobuf" * 100)
+    result = run_api(api_env(MODEL_PATH=str(corrupt), PORT=str(free_port), WORKERS=workers))
+    assert_one_line_error(result, str(corrupt))
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("WORKERS", "0"),
+        ("MAX_PRODUCTS", "-1"),
+        ("ACCESS_LOG", "sometimes"),
+        ("LOG_LEVEL", "LOUD"),
+        ("DRAIN_SECONDS", "nan"),
+    ],
+)
+def test_bad_setting_stops_startup(model_path: str, name: str, value: str) -> None:
+    result = run_api(api_env(MODEL_PATH=model_path, **{name: value}))
+    assert result.returncode == 2
+    assert_one_line_error(result, name, value)
+
+
+def test_port_in_use_stops_startup(model_path: str) -> None:
+    import socket
+
+    with socket.socket() as taken:  # no SO_REUSEPORT: the service cannot share it
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_api(api_env(MODEL_PATH=model_path, PORT=str(port), WORKERS="1"))
+    assert_one_line_error(result, str(port))
+
+
+# --- Running server ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def start_api(model_path: str, free_port: int) -> Iterator[Dict[str, object]]:
+    procs: List[subprocess.Popen[str]] = []
+    info: Dict[str, object] = {"port": free_port, "procs": procs}
+    yield info
+    for proc in procs:  # only if a test failed half-way
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def spawn(model_path: str, port: int, **overrides: str) -> subprocess.Popen[str]:
+    env = api_env(MODEL_PATH=model_path, PORT=str(port), **overrides)
+    return subprocess.Popen(
+        [sys.executable, "api.py"],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+async def wait_ready(proc: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            try:
+                async with session.get(f"{base}/readyz") as response:
+                    if response.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.05)
+    pytest.fail("server not ready in time")
+
+
+async def wait_exit(proc: subprocess.Popen[str]) -> int:
+    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "server did not exit"
+        await asyncio.sleep(0.05)
+    return proc.returncode
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+async def test_sigterm_drains_without_losing_requests(
+    model_path: str, start_api: Dict[str, object], workers: str
+) -> None:
+    port = start_api["port"]
+    proc = spawn(model_path, int(str(port)), WORKERS=workers, DRAIN_SECONDS="1", GRACE_SECONDS="5")
+    start_api["procs"] = [proc]
+    base = f"http://127.0.0.1:{port}"
+    await wait_ready(proc, base)
+
+    statuses: List[int] = []
+    saw_503 = asyncio.Event()
+    body = {"products": [{"title": "Caneca personalizada", "concatenated_tags": "caneca"}]}
+
+    async def sender(session: aiohttp.ClientSession) -> None:
+        # Like a client behind a load balancer: keeps sending until the balancer has
+        # seen /readyz fail, plus a few more requests sent during the drain.
+        after = 0
+        while after < 5:
+            async with session.post(f"{base}/v1/categorize", json=body) as response:
+                await response.read()
+                statuses.append(response.status)
+            after += saw_503.is_set()
+
+    async def watcher(session: aiohttp.ClientSession) -> None:
+        while not saw_503.is_set():
+            async with session.get(f"{base}/readyz") as response:
+                if response.status == 503:
+                    saw_503.set()
+            await asyncio.sleep(0.01)
+
+    async with aiohttp.ClientSession() as session:
+        senders = [asyncio.ensure_future(sender(session)) for _ in range(8)]
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(watcher(session), timeout=STOP_TIMEOUT_SECONDS)
+        await asyncio.gather(*senders)
+
+    code = await wait_exit(proc)
+    _, stderr = proc.communicate()
+    assert saw_503.is_set()
+    assert len(statuses) > 8 * 5
+    assert set(statuses) == {200}
+    assert code == 0, stderr
+    assert "Traceback" not in stderr
+
+
+async def test_worker_death_stops_the_service_nonzero(model_path: str, start_api: Dict[str, object]) -> None:
+    port = int(str(start_api["port"]))
+    proc = spawn(model_path, port, WORKERS="2", DRAIN_SECONDS="0", GRACE_SECONDS="1")
+    start_api["procs"] = [proc]
+    await wait_ready(proc, f"http://127.0.0.1:{port}")
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    if not children.exists():
+        pytest.skip("needs Linux /proc/<pid>/task/<pid>/children to find the workers")
+    # Workers, not multiprocessing's resource tracker (also a child).
+    workers = [
+        int(pid)
+        for pid in children.read_text().split()
+        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    ]
+    assert len(workers) >= 2
+    os.kill(workers[0], signal.SIGKILL)
+    code = await wait_exit(proc)
+    _, stderr = proc.communicate()
+    assert code == 1
+    assert f"worker {workers[0]} exited unexpectedly" in stderr
+    assert "Traceback" not in stderr

@@ -1,0 +1,57 @@
+"""Settings from the environment."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.settings import Settings, SettingsError, default_workers
+
+
+def test_defaults() -> None:
+    settings = Settings.from_env({})
+    assert settings.model_path == "artifacts/model.onnx"
+    assert (settings.host, settings.port) == ("0.0.0.0", 8080)
+    assert settings.workers == default_workers() >= 1
+    assert settings.max_body_bytes == 4 * 1024 * 1024
+    assert settings.access_log_sample == 0.0
+    assert (settings.drain_seconds, settings.grace_seconds) == (5.0, 10.0)
+
+
+def test_reads_every_variable() -> None:
+    env = {
+        "MODEL_PATH": "m.onnx",
+        "HOST": "127.0.0.1",
+        "PORT": "9000",
+        "WORKERS": "3",
+        "MAX_PRODUCTS": "5",
+        "MAX_TITLE_CHARS": "6",
+        "MAX_TAGS_CHARS": "7",
+        "MAX_BODY_BYTES": "2048",
+        "LOG_LEVEL": "debug",
+        "ACCESS_LOG": "0.25",
+        "DRAIN_SECONDS": "1.5",
+        "GRACE_SECONDS": "2",
+    }
+    assert Settings.from_env(env) == Settings(
+        "m.onnx", "127.0.0.1", 9000, 3, 5, 6, 7, 2048, "DEBUG", 0.25, 1.5, 2.0
+    )
+
+
+@pytest.mark.parametrize(("flag", "rate"), [("on", 1.0), ("off", 0.0), ("1", 1.0), ("0.01", 0.01)])
+def test_access_log_flag(flag: str, rate: float) -> None:
+    assert Settings.from_env({"ACCESS_LOG": flag}).access_log_sample == rate
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PORT", "-1"),
+        ("WORKERS", "many"),
+        ("MAX_BODY_BYTES", "10"),
+        ("GRACE_SECONDS", "inf"),
+        ("ACCESS_LOG", "2"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=f"^invalid {name}={value!r}: expected"):
+        Settings.from_env({name: value})
