@@ -14,9 +14,7 @@ from typing import IO, Optional, Union
 import pandas as pd
 from tqdm import tqdm
 
-DATASET_URL = (
-    "https://elo7-datasets.s3.amazonaws.com/data_scientist_position/elo7_recruitment_dataset.csv"
-)
+DATASET_URL = "https://elo7-datasets.s3.amazonaws.com/data_scientist_position/elo7_recruitment_dataset.csv"
 DEFAULT_DATASET_PATH = Path("data/elo7_recruitment_dataset.csv")
 
 COLUMNS = (
@@ -66,7 +64,7 @@ def download(url: str, dest: PathLike, timeout: float = DOWNLOAD_TIMEOUT_SECONDS
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (https URL constant)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             total = int(response.headers.get("Content-Length") or 0) or None
             with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
                 _copy_with_progress(response, tmp, total, dest.name)

@@ -74,10 +74,12 @@ class Model:
         return [str(label) for label in self.classifier.classes_]
 
     def predict_proba(self, batch: Sequence[Doc]) -> np.ndarray:
-        return self.pipeline.predict_proba(batch)
+        proba: np.ndarray = self.pipeline.predict_proba(batch)
+        return proba
 
     def predict(self, batch: Sequence[Doc]) -> np.ndarray:
-        return self.pipeline.predict(batch)
+        labels: np.ndarray = self.pipeline.predict(batch)
+        return labels
 
 
 def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
@@ -93,7 +95,10 @@ def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
     return Pipeline([("hashing", vectorizer(spec)), ("tfidf", tfidf), ("sgd", classifier)])
 
 
-def fit(frame: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = TrainConfig()) -> Model:
+DEFAULT_CONFIG = TrainConfig()
+
+
+def fit(frame: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train on both views of `frame` (cleaned and de-duplicated)."""
     batch, target = training_views(frame)
     model = Model(spec, pipeline(spec, config).fit(batch, target))

@@ -18,7 +18,9 @@ from nbclient import NotebookClient
 CELL_TIMEOUT_SECONDS = 600
 
 
-def execute(notebook: Path, output: Optional[Path] = None, cwd: Optional[Path] = None) -> nbformat.NotebookNode:
+def execute(
+    notebook: Path, output: Optional[Path] = None, cwd: Optional[Path] = None
+) -> nbformat.NotebookNode:
     nb = nbformat.read(str(notebook), as_version=4)
     client = NotebookClient(
         nb,

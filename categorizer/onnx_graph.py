@@ -17,9 +17,8 @@ sigmoids normalised by their sum.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -58,13 +57,12 @@ class _Builder:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def op(self, op_type: str, inputs: Sequence[str], hint: str = "", **attrs: object) -> str:
-        out = self.name(hint or op_type.lower())
-        domain = attrs.pop("domain", "")
+    def op(self, op_type: str, inputs: Sequence[str], domain: str = "", **attrs: Any) -> str:
+        out = self.name(op_type.lower())
         self.nodes.append(helper.make_node(op_type, list(inputs), [out], domain=domain, **attrs))
         return out
 
-    def ops(self, op_type: str, inputs: Sequence[str], n_out: int, **attrs: object) -> List[str]:
+    def ops(self, op_type: str, inputs: Sequence[str], n_out: int, **attrs: Any) -> List[str]:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
         self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
         return outs
@@ -76,7 +74,7 @@ class _Builder:
 
     def const(self, value: object, hint: str = "c", dtype: Optional[type] = None) -> str:
         name = self.name(hint)
-        array = np.array(value, dtype=dtype if dtype is not None else _dtype_of(value))
+        array: np.ndarray = np.array(value, dtype=dtype if dtype is not None else _dtype_of(value))
         self.inits.append(numpy_helper.from_array(array, name))
         return name
 
@@ -239,7 +237,9 @@ def _hashed_counts(b: _Builder, feats: _Flat, n_features: int) -> Tuple[str, str
     n_keys = b.op("Shape", [key])
     ordered, _ = b.ops("TopK", [key, n_keys], 2, axis=0, largest=0, sorted=1)
     first = b.op("Not", [b.op("Equal", [ordered, _shift_back(b, ordered, -1)])])
-    starts = b.op("Compress", [b.op("Range", [b.const(0), b.op("Squeeze", [n_keys]), b.const(1)]), first], axis=0)
+    starts = b.op(
+        "Compress", [b.op("Range", [b.const(0), b.op("Squeeze", [n_keys]), b.const(1)]), first], axis=0
+    )
     ends = b.op("Slice", [b.op("Concat", [starts, n_keys], axis=0), b.const([1]), b.const([_INT64_MAX])])
     counts = b.op("Cast", [b.op("Sub", [ends, starts])], to=TensorProto.DOUBLE)
     keys = b.op("Compress", [ordered, first], axis=0)
@@ -255,7 +255,9 @@ def _scores(b: _Builder, spec: FeatureSpec, feats: _Flat, n_rows: str, weights: 
     rows, buckets, counts = _hashed_counts(b, feats, spec.n_features)
     tf = b.op("Add", [b.op("Log", [counts]), b.const(1.0)])
     values = b.op("Mul", [tf, b.op("Gather", [weights[IDF], buckets], axis=0)])
-    squares = b.op("ScatterElements", [_zeros(b, n_rows), rows, b.op("Mul", [values, values])], axis=0, reduction="add")
+    squares = b.op(
+        "ScatterElements", [_zeros(b, n_rows), rows, b.op("Mul", [values, values])], axis=0, reduction="add"
+    )
     norm = b.op("Sqrt", [squares])
     # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])

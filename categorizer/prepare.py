@@ -48,7 +48,8 @@ def leakage_groups(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
     for product, title in zip(frame["product_id"], titles):
         parent[find(("p", product))] = find(("t", title))
     roots = [find(("p", product)) for product in frame["product_id"]]
-    return pd.factorize(pd.Series(roots, dtype=object))[0]
+    codes: np.ndarray = pd.factorize(pd.Series(roots, dtype=object))[0]
+    return codes
 
 
 def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:

@@ -27,13 +27,17 @@ def grouped_split(frame: pd.DataFrame, groups: np.ndarray) -> Tuple[np.ndarray, 
 
 def report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> Dict[str, Any]:
     """Macro-F1 (the headline: classes are imbalanced 19:1), accuracy, per class."""
-    per_class = classification_report(truth, predicted, labels=list(labels), output_dict=True, zero_division=0)
+    per_class = classification_report(
+        truth, predicted, labels=list(labels), output_dict=True, zero_division=0
+    )
     return {
         "macro_f1": float(f1_score(truth, predicted, labels=list(labels), average="macro", zero_division=0)),
         "accuracy": float(accuracy_score(truth, predicted)),
         "n": len(truth),
         "per_class": {
-            label: {key: float(per_class[label][key]) for key in ("precision", "recall", "f1-score", "support")}
+            label: {
+                key: float(per_class[label][key]) for key in ("precision", "recall", "f1-score", "support")
+            }
             for label in labels
         },
     }
@@ -41,8 +45,9 @@ def report(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]
 
 def confusion(truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> np.ndarray:
     """Row-normalised confusion matrix: each row is where one true class went."""
-    counts = confusion_matrix(truth, predicted, labels=list(labels)).astype(float)
-    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    counts: np.ndarray = confusion_matrix(truth, predicted, labels=list(labels)).astype(float)
+    shares: np.ndarray = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    return shares
 
 
 def plot_confusion(matrix: np.ndarray, labels: Sequence[str], title: str, path: Path) -> None:
@@ -71,7 +76,12 @@ def plot_f1(reports: Dict[str, Dict[str, Any]], labels: Sequence[str], path: Pat
     width = 0.8 / max(len(reports), 1)
     for offset, (name, rep) in enumerate(reports.items()):
         scores = [rep["per_class"][label]["f1-score"] for label in labels]
-        ax.bar(np.arange(len(labels)) + offset * width, scores, width, label=f"{name} (macro {rep['macro_f1']:.3f})")
+        ax.bar(
+            np.arange(len(labels)) + offset * width,
+            scores,
+            width,
+            label=f"{name} (macro {rep['macro_f1']:.3f})",
+        )
     ax.set_xticks(np.arange(len(labels)) + width * (len(reports) - 1) / 2, labels, rotation=20, ha="right")
     ax.set_ylim(0, 1)
     ax.set_ylabel("F1")
@@ -81,13 +91,16 @@ def plot_f1(reports: Dict[str, Dict[str, Any]], labels: Sequence[str], path: Pat
     plt.close(fig)
 
 
-def evaluate(predict: Callable[[List[Doc]], np.ndarray], frame: pd.DataFrame, labels: Sequence[str]) -> Dict[str, Any]:
+def evaluate(
+    predict: Callable[[List[Doc]], np.ndarray], frame: pd.DataFrame, labels: Sequence[str]
+) -> Dict[str, Any]:
     """Reports for the two inputs clients send: the title alone, and title + tags."""
     titles = frame["title"].tolist()
     truth = frame["category"].tolist()
+    with_tags = docs(titles, frame["concatenated_tags"].tolist())
     return {
-        "title_only": report(truth, predict(docs(titles)), labels),
-        "title_and_tags": report(truth, predict(docs(titles, frame["concatenated_tags"].tolist())), labels),
+        "title_only": report(truth, list(predict(docs(titles))), labels),
+        "title_and_tags": report(truth, list(predict(with_tags)), labels),
     }
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import socket
-from pathlib import Path
 from typing import Awaitable, Callable, Dict, List, Tuple
 
 import onnxruntime as ort
@@ -16,26 +14,16 @@ from aiohttp.test_utils import TestClient
 
 from service import create_app
 from service.settings import Settings
+from tests.datasets import model_file, public_test_csv
 
-ROOT = Path(__file__).resolve().parent.parent
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
-
-
-def skip_or_fail(reason: str) -> None:
-    """REQUIRE_DATA=1 (CI) turns "data file missing" from a visible skip into a failure."""
-    if os.environ.get("REQUIRE_DATA") == "1":
-        pytest.fail(f"{reason} (REQUIRE_DATA=1)")
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def model_path() -> str:
     """The model the service would serve: MODEL_PATH, else artifacts/model.onnx."""
-    path = Path(os.environ.get("MODEL_PATH") or ROOT / "artifacts" / "model.onnx")
-    if not path.is_file():
-        skip_or_fail(f"no model at {path}; train it or set MODEL_PATH")
-    return str(path)
+    return str(model_file())
 
 
 @pytest.fixture(scope="session")
@@ -68,10 +56,7 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def test_products() -> List[Dict[str, str]]:
     """Rows of the public test CSV (TEST_PRODUCTS_PATH), columns as in the file."""
-    default = ROOT.parent / "shared" / "data" / "test_products.csv"
-    path = Path(os.environ.get("TEST_PRODUCTS_PATH") or default)
-    if not path.is_file():
-        skip_or_fail(f"no test products at {path}; set TEST_PRODUCTS_PATH")
+    path = public_test_csv()
     with path.open(encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     assert rows, f"{path} has no rows"

@@ -14,7 +14,8 @@ from typing import Dict, Iterator, List
 import aiohttp
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.datasets import ROOT
+
 # Generous: only bounds how long a broken server can hang the test run.
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
@@ -95,27 +96,44 @@ def test_port_in_use_stops_startup(model_path: str) -> None:
 # --- Running server ------------------------------------------------------------------------
 
 
+class Launcher:
+    """Starts `python api.py` processes and stops any left running by a failed test."""
+
+    def __init__(self, model_path: str, port: int) -> None:
+        self.model_path = model_path
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.procs: List[subprocess.Popen[str]] = []
+
+    def spawn(self, **overrides: str) -> subprocess.Popen[str]:
+        env = api_env(MODEL_PATH=self.model_path, PORT=str(self.port), **overrides)
+        proc = subprocess.Popen(
+            [sys.executable, "api.py"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop_leftovers(self) -> None:
+        for proc in self.procs:  # SIGTERM, not SIGKILL: the parent forwards it to its workers
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(STOP_TIMEOUT_SECONDS)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+
 @pytest.fixture
-def start_api(model_path: str, free_port: int) -> Iterator[Dict[str, object]]:
-    procs: List[subprocess.Popen[str]] = []
-    info: Dict[str, object] = {"port": free_port, "procs": procs}
-    yield info
-    for proc in procs:  # only if a test failed half-way
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-def spawn(model_path: str, port: int, **overrides: str) -> subprocess.Popen[str]:
-    env = api_env(MODEL_PATH=model_path, PORT=str(port), **overrides)
-    return subprocess.Popen(
-        [sys.executable, "api.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def launcher(model_path: str, free_port: int) -> Iterator[Launcher]:
+    launch = Launcher(model_path, free_port)
+    yield launch
+    launch.stop_leftovers()
 
 
 async def wait_ready(proc: subprocess.Popen[str], base: str) -> None:
@@ -142,13 +160,9 @@ async def wait_exit(proc: subprocess.Popen[str]) -> int:
 
 
 @pytest.mark.parametrize("workers", ["2", "1"])
-async def test_sigterm_drains_without_losing_requests(
-    model_path: str, start_api: Dict[str, object], workers: str
-) -> None:
-    port = start_api["port"]
-    proc = spawn(model_path, int(str(port)), WORKERS=workers, DRAIN_SECONDS="1", GRACE_SECONDS="5")
-    start_api["procs"] = [proc]
-    base = f"http://127.0.0.1:{port}"
+async def test_sigterm_drains_without_losing_requests(launcher: Launcher, workers: str) -> None:
+    proc = launcher.spawn(WORKERS=workers, DRAIN_SECONDS="1", GRACE_SECONDS="5")
+    base = launcher.base
     await wait_ready(proc, base)
 
     statuses: List[int] = []
@@ -188,11 +202,9 @@ async def test_sigterm_drains_without_losing_requests(
     assert "Traceback" not in stderr
 
 
-async def test_worker_death_stops_the_service_nonzero(model_path: str, start_api: Dict[str, object]) -> None:
-    port = int(str(start_api["port"]))
-    proc = spawn(model_path, port, WORKERS="2", DRAIN_SECONDS="0", GRACE_SECONDS="1")
-    start_api["procs"] = [proc]
-    await wait_ready(proc, f"http://127.0.0.1:{port}")
+async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> None:
+    proc = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0", GRACE_SECONDS="1")
+    await wait_ready(proc, launcher.base)
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     if not children.exists():
         pytest.skip("needs Linux /proc/<pid>/task/<pid>/children to find the workers")

@@ -1,0 +1,141 @@
+"""Extraction and transformation: schema checks, the download path, leakage groups."""
+
+from __future__ import annotations
+
+import http.server
+import socket
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import pandas as pd
+import pytest
+
+from categorizer import data, prepare
+from categorizer.features import FeatureSpec
+
+HEADER = ",".join(data.COLUMNS)
+
+
+def row(product: int, title: str, category: str, tags: str = "") -> str:
+    return f'{product},1,q,1,0,"{title}","{tags}",2018-01-01 00:00:00,9.9,,1,1,10,,{category}'
+
+
+def write_csv(path: Path, *rows: str, header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+    return path
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A static file server on 127.0.0.1 standing in for the public bucket."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **k: _QuietHandler(*a, directory=str(root), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", root
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_load_reads_a_valid_file(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", row(1, "Body bebê", "Bebê"), row(2, "Colar", "Bijuterias e Jóias"))
+    frame = data.load(path)
+    assert frame["title"].tolist() == ["Body bebê", "Colar"]
+
+
+def test_load_names_a_missing_column(tmp_path: Path) -> None:
+    header = HEADER.replace(",concatenated_tags", "")
+    path = write_csv(tmp_path / "d.csv", header=header)
+    with pytest.raises(data.DatasetError, match=r"missing column.*concatenated_tags"):
+        data.load(path)
+
+
+def test_load_rejects_an_empty_file(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("", encoding="utf-8")
+    with pytest.raises(data.DatasetError, match="empty"):
+        data.load(path)
+
+
+def test_load_rejects_a_header_without_rows(tmp_path: Path) -> None:
+    with pytest.raises(data.DatasetError, match="no rows"):
+        data.load(write_csv(tmp_path / "d.csv"))
+
+
+def test_load_names_an_unknown_category(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "d.csv", row(1, "Carro", "Automóveis"))
+    with pytest.raises(data.DatasetError, match="unknown category 'Automóveis'"):
+        data.load(path)
+
+
+def test_load_downloads_a_missing_file(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    url, root = http_root
+    write_csv(root / "elo7.csv", row(1, "Caneca", "Decoração"))
+    dest = tmp_path / "data" / "elo7.csv"
+    frame = data.load(dest, url=f"{url}/elo7.csv")
+    assert dest.is_file()
+    assert frame["category"].tolist() == ["Decoração"]
+    assert not list(dest.parent.glob("tmp*")), "the partial download was left behind"
+
+
+def test_download_fails_clearly_when_unreachable(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dest = tmp_path / "elo7.csv"
+    with pytest.raises(data.DatasetError, match=r"could not download.*offline"):
+        data.download(f"http://127.0.0.1:{port}/elo7.csv", dest, timeout=5)
+    assert not dest.exists()
+
+
+def test_download_fails_clearly_on_http_error(tmp_path: Path, http_root: tuple[str, Path]) -> None:
+    url, _ = http_root
+    with pytest.raises(data.DatasetError, match="404"):
+        data.download(f"{url}/missing.csv", tmp_path / "elo7.csv")
+
+
+def test_sha256_of_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "x"
+    path.write_bytes(b"abc")
+    assert data.sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def test_clean_squashes_whitespace_and_fills_missing_tags() -> None:
+    frame = pd.DataFrame({"title": ["  a \t b ", None, "c"], "concatenated_tags": [None, "x", " y  z "]})
+    cleaned = prepare.clean(frame)
+    assert cleaned["title"].tolist() == ["a b", "c"]
+    assert cleaned["concatenated_tags"].tolist() == ["", "y z"]
+
+
+def test_leakage_groups_link_products_and_normalised_titles() -> None:
+    frame = pd.DataFrame(
+        {
+            "product_id": [1, 1, 2, 3, 4],
+            "title": ["Caneca Azul", "Caneca azul!", "CANECA AZUL", "Outro", "Outro produto"],
+        }
+    )
+    groups = prepare.leakage_groups(frame, FeatureSpec())
+    # 1 and 2 share a title once folded; 3 and 4 share nothing.
+    assert groups[0] == groups[1] == groups[2]
+    assert len({groups[0], groups[3], groups[4]}) == 3
+
+
+def test_deduplicate_keeps_distinct_examples() -> None:
+    frame = pd.DataFrame(
+        {
+            "title": ["a", "a", "a", "b"],
+            "concatenated_tags": ["t", "t", "u", "t"],
+            "category": ["X", "X", "X", "Y"],
+        }
+    )
+    assert len(prepare.deduplicate(frame)) == 3
