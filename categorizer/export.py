@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from categorizer.features import FeatureSpec
 from categorizer.model import Model, TrainConfig, pipeline
-from categorizer.onnx_graph import COEF, IDF, INTERCEPT, build_model
+from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model
 
 # Metadata keys other languages read; part of the file's contract.
 LABELS_KEY = "labels"
@@ -65,9 +65,10 @@ def load_reference(path: Path) -> Model:
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
     fitted = pipeline(spec, TrainConfig())
-    fitted.named_steps["tfidf"].idf_ = weights[IDF]
+    table = weights[WEIGHTS].astype(np.float64)
+    fitted.named_steps["tfidf"].idf_ = table[:, 0]
     classifier = fitted.named_steps["sgd"]
-    classifier.coef_ = weights[COEF].T.astype(np.float64)
+    classifier.coef_ = np.ascontiguousarray(table[:, 1:].T)
     classifier.intercept_ = weights[INTERCEPT]
     classifier.classes_ = np.array(json.loads(meta[LABELS_KEY]), dtype=object)
     classifier.n_features_in_ = spec.n_features

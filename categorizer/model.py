@@ -102,7 +102,14 @@ def fit(frame: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CO
     """Train on both views of `frame` (cleaned and de-duplicated)."""
     batch, target = training_views(frame)
     model = Model(spec, pipeline(spec, config).fit(batch, target))
-    # The ONNX file stores float32 coefficients; use exactly those here too, so
-    # scikit-learn and onnxruntime score with the same numbers.
-    model.classifier.coef_ = model.classifier.coef_.astype(np.float32).astype(np.float64)
+    # The ONNX file stores float32 idf and coefficients; use exactly those here
+    # too, so scikit-learn and onnxruntime score with the same numbers.
+    model.tfidf.idf_ = as_float32(model.tfidf.idf_)
+    model.classifier.coef_ = as_float32(model.classifier.coef_)
     return model
+
+
+def as_float32(weights: np.ndarray) -> np.ndarray:
+    """float32-rounded values, kept in float64 arrays as scikit-learn expects."""
+    rounded: np.ndarray = weights.astype(np.float32).astype(np.float64)
+    return rounded

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from categorizer.features import CHAR_PREFIX, WORD_PREFIX, FeatureSpec
+from categorizer.features import WORD_PREFIX, FeatureSpec
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -38,10 +38,10 @@ MS_OPSET = 1  # com.microsoft: Tokenizer, MurmurHash3
 _UNFOLDED = "\x00\x00"
 _INT64_MAX = np.iinfo(np.int64).max
 
-# Initializer names of the learned weights: idf [n_features] float64,
-# coef [n_features, n_classes] float32 (rows gathered by bucket), intercept [n_classes].
-IDF = "idf"
-COEF = "coef"
+# Initializer names of the learned weights. WEIGHTS is [n_features, 1 + n_classes]
+# float32: column 0 is the bucket's idf, the others its coefficients, so one
+# gather (one cache miss per bucket) fetches all a bucket needs.
+WEIGHTS = "weights"
 INTERCEPT = "intercept"
 
 
@@ -164,15 +164,14 @@ def _shift_back(b: _Builder, x: str, fill: object) -> str:
 # --- streams -> feature names ---------------------------------------------------
 
 
-def _char_ngrams(b: _Builder, stream: _Flat, orders: Tuple[int, int], prefix: str) -> List[_Flat]:
+def _char_ngrams(b: _Builder, stream: _Flat, orders: Tuple[int, int], hasher: _Hasher) -> List[str]:
     low, high = orders
     grams, out = stream.values, []
     for n in range(1, high + 1):
         if n > 1:
             grams = b.op("StringConcat", [grams, _shift(b, stream.values, n - 1, "")])
         if n >= low:
-            picked = _compress(b, _Flat(grams, stream.rows), _same_row_ahead(b, stream.rows, n - 1))
-            out.append(_prefixed(b, picked, prefix))
+            out.append(hasher.keys(grams, stream.rows, _same_row_ahead(b, stream.rows, n - 1)))
     return out
 
 
@@ -194,46 +193,57 @@ def _words(b: _Builder, stream: _Flat, steps: int) -> _Flat:
     return _compress(b, _Flat(pieces, stream.rows), starts)
 
 
-def _word_ngrams(b: _Builder, words: _Flat, orders: Tuple[int, int], prefix: str) -> List[_Flat]:
+def _word_ngrams(b: _Builder, words: _Flat, orders: Tuple[int, int], hasher: _Hasher) -> List[str]:
     low, high = orders
-    grams, out = words.values, []
+    # Few words per title: prefixing them is cheap, and keeps them apart from
+    # character n-grams, which can never contain the "|" that folding removes.
+    grams = b.op("StringConcat", [b.const(WORD_PREFIX), words.values])
+    out = []
     for n in range(1, high + 1):
         if n > 1:
             spaced = b.op("StringConcat", [grams, b.const(" ")])
             grams = b.op("StringConcat", [spaced, _shift(b, words.values, n - 1, "")])
         if n >= low:
-            picked = _compress(b, _Flat(grams, words.rows), _same_row_ahead(b, words.rows, n - 1))
-            out.append(_prefixed(b, picked, prefix))
+            out.append(hasher.keys(grams, words.rows, _same_row_ahead(b, words.rows, n - 1)))
     return out
 
 
-def _prefixed(b: _Builder, flat: _Flat, prefix: str) -> _Flat:
-    return _Flat(b.op("StringConcat", [b.const(prefix), flat.values]), flat.rows)
+@dataclass(frozen=True)
+class _Hasher:
+    """Feature names -> int64 keys ``row * n_features + bucket``, as sklearn hashes them."""
+
+    b: _Builder
+    n_features: int
+
+    def keys(self, names: str, rows: str, valid: str) -> str:
+        b = self.b
+        hashed = b.op("MurmurHash3", [names], domain="com.microsoft", positive=0, seed=0)
+        # abs(int32) in int64, so -2**31 maps like scikit-learn's special case.
+        wide = b.op("Cast", [hashed], to=TensorProto.INT64)
+        bucket = b.op("Mod", [b.op("Abs", [wide]), b.const(self.n_features)])
+        key = b.op("Add", [b.op("Mul", [rows, b.const(self.n_features)]), bucket])
+        return b.op("Compress", [key, valid], axis=0)
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
+def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> str:
+    """int64 keys ``row * n_features + bucket`` of every feature of every row."""
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    families = _char_ngrams(b, stream, spec.char_ngrams, CHAR_PREFIX)
-    families += _word_ngrams(b, _words(b, stream, spec.doubling_steps), spec.word_ngrams, WORD_PREFIX)
-    return _Flat(
-        b.op("Concat", [f.values for f in families], axis=0),
-        b.op("Concat", [f.rows for f in families], axis=0),
-    )
+    hasher = _Hasher(b, spec.n_features)
+    families = _char_ngrams(b, stream, spec.char_ngrams, hasher)
+    families += _word_ngrams(b, _words(b, stream, spec.doubling_steps), spec.word_ngrams, hasher)
+    return b.op("Concat", families, axis=0)
 
 
 # --- feature names -> scores ----------------------------------------------------
 
 
-def _hashed_counts(b: _Builder, feats: _Flat, n_features: int) -> Tuple[str, str, str]:
+def _hashed_counts(b: _Builder, key: str, n_features: int) -> Tuple[str, str, str]:
     """(row, bucket, count) per distinct (row, bucket), sorted as scikit-learn's CSR.
 
     Sorting the keys ``row * n_features + bucket`` groups repeats in
     O(T log T); onnxruntime's Unique (and CumSum) were far slower.
     """
-    hashed = b.op("MurmurHash3", [feats.values], domain="com.microsoft", positive=0, seed=0)
-    bucket = b.op("Mod", [b.op("Abs", [b.op("Cast", [hashed], to=TensorProto.INT64)]), b.const(n_features)])
-    key = b.op("Add", [b.op("Mul", [feats.rows, b.const(n_features)]), bucket])
     n_keys = b.op("Shape", [key])
     ordered, _ = b.ops("TopK", [key, n_keys], 2, axis=0, largest=0, sorted=1)
     first = b.op("Not", [b.op("Equal", [ordered, _shift_back(b, ordered, -1)])])
@@ -250,24 +260,33 @@ def _zeros(b: _Builder, shape: str) -> str:
     return b.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0]))
 
 
-def _scores(b: _Builder, spec: FeatureSpec, feats: _Flat, n_rows: str, weights: Dict[str, str]) -> str:
+def _scores(b: _Builder, spec: FeatureSpec, keys: str, n_rows: str) -> str:
     """Sublinear tf-idf, l2-normalised per row, dotted with the coefficients."""
-    rows, buckets, counts = _hashed_counts(b, feats, spec.n_features)
+    rows, buckets, counts = _hashed_counts(b, keys, spec.n_features)
+    table = b.op("Cast", [b.op("Gather", [WEIGHTS, buckets], axis=0)], to=TensorProto.DOUBLE)
+    idf, coef = _split_idf(b, table)
     tf = b.op("Add", [b.op("Log", [counts]), b.const(1.0)])
-    values = b.op("Mul", [tf, b.op("Gather", [weights[IDF], buckets], axis=0)])
-    squares = b.op(
-        "ScatterElements", [_zeros(b, n_rows), rows, b.op("Mul", [values, values])], axis=0, reduction="add"
-    )
+    values = b.op("Mul", [tf, idf])
+    square = b.op("Mul", [values, values])
+    squares = b.op("ScatterElements", [_zeros(b, n_rows), rows, square], axis=0, reduction="add")
     norm = b.op("Sqrt", [squares])
     # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
     scaled = b.op("Div", [values, b.op("Gather", [safe, rows], axis=0)])
-    coef = b.op("Cast", [b.op("Gather", [weights[COEF], buckets], axis=0)], to=TensorProto.DOUBLE)
     contrib = b.op("Mul", [coef, b.op("Unsqueeze", [scaled, b.const([1])])])
-    grid = _zeros(b, b.op("Concat", [n_rows, b.op("Shape", [weights[INTERCEPT]])], axis=0))
+    grid = _zeros(b, b.op("Concat", [n_rows, b.op("Shape", [INTERCEPT])], axis=0))
+    # ScatterElements, not ScatterND: onnxruntime 1.19 parallelises ScatterND's
+    # updates, and additions to the same row race (seen as batch-dependent scores).
     targets = b.op("Expand", [b.op("Unsqueeze", [rows, b.const([1])]), b.op("Shape", [contrib])])
     summed = b.op("ScatterElements", [grid, targets, contrib], axis=0, reduction="add")
-    return b.op("Add", [summed, weights[INTERCEPT]])
+    return b.op("Add", [summed, INTERCEPT])
+
+
+def _split_idf(b: _Builder, table: str) -> Tuple[str, str]:
+    """Column 0 of the gathered weight rows (idf, as [U]) and the rest (coefficients)."""
+    idf = b.op("Squeeze", [b.op("Slice", [table, b.const([0]), b.const([1]), b.const([1])]), b.const([1])])
+    coef = b.op("Slice", [table, b.const([1]), b.const([_INT64_MAX]), b.const([1])])
+    return idf, coef
 
 
 def build_model(
@@ -280,18 +299,16 @@ def build_model(
 ) -> onnx.ModelProto:
     """The serving graph for a fitted tf-idf + linear model over `spec`'s hashed features.
 
-    `coef` is ``[n_classes, n_features]`` as scikit-learn stores it; it is kept
-    as float32 (half the file) and widened to float64 after the gather, so the
-    caller must round the scikit-learn model's weights the same way for parity.
+    `coef` is ``[n_classes, n_features]`` as scikit-learn stores it. idf and
+    coef are stored as float32 (half the file) and widened to float64 after
+    the gather, so the caller must round the scikit-learn model's weights the
+    same way for parity (model.fit does).
     """
     b = _Builder()
-    weights = {
-        IDF: b.weight(IDF, np.asarray(idf, dtype=np.float64)),
-        COEF: b.weight(COEF, np.ascontiguousarray(coef.T, dtype=np.float32)),
-        INTERCEPT: b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64)),
-    }
+    b.weight(WEIGHTS, np.column_stack([idf, np.asarray(coef).T]).astype(np.float32))
+    b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64))
     feats = _features(b, spec, "title", "concatenated_tags")
-    scores = _scores(b, spec, feats, b.op("Shape", ["title"]), weights)
+    scores = _scores(b, spec, feats, b.op("Shape", ["title"]))
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])
     proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])

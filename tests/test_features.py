@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from categorizer.features import CHAR_PREFIX, WORD_PREFIX, FeatureSpec, default_fold_table
+from categorizer.features import WORD_PREFIX, FeatureSpec, default_fold_table
 
 SPEC = FeatureSpec()
 
@@ -35,7 +35,7 @@ def test_stream_frames_words_with_single_spaces() -> None:
 def test_analyze_joins_title_and_tags_and_prefixes_families() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2))
     features = spec.analyze(("Ab", "c"))
-    chars = [f"{CHAR_PREFIX}{g}" for g in (" a", "ab", "b ", " c", "c ")]
+    chars = [" a", "ab", "b ", " c", "c "]
     words = [f"{WORD_PREFIX}{w}" for w in ("ab", "c", "ab c")]
     assert features == chars + words
 
