@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train bench clean
+.PHONY: run test lint format train bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,9 @@ train: $(VENV)/.dev
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.dev
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -37,6 +37,8 @@ MS_OPSET = 1  # com.microsoft: Tokenizer, MurmurHash3
 # a real one-character fold because it is two characters long.
 _UNFOLDED = "\x00\x00"
 _INT64_MAX = np.iinfo(np.int64).max
+# Longest shift any step takes: n-gram orders and word doubling widths stay below it.
+_MAX_SHIFT = 64
 
 # Initializer names of the learned weights. WEIGHTS is [n_features, 1 + n_classes]
 # float32: column 0 is the bucket's idf, the others its coefficients, so one
@@ -51,6 +53,8 @@ class _Builder:
 
     nodes: List[onnx.NodeProto] = field(default_factory=list)
     inits: List[onnx.TensorProto] = field(default_factory=list)
+    # (tensor, fill) -> (tensor + _MAX_SHIFT fills, its original shape), see _shift.
+    padded: Dict[Tuple[str, str], Tuple[str, str]] = field(default_factory=dict)
     _count: int = 0
 
     def name(self, hint: str) -> str:
@@ -96,10 +100,19 @@ class _Flat:
 
 
 def _shift(b: _Builder, x: str, k: int, fill: object) -> str:
-    """x[i + k], with `fill` past the end; same length as x even when len < k."""
-    pad = b.op("Expand", [b.const([fill]), b.const([k])])
-    joined = b.op("Concat", [x, pad], axis=0)
-    return b.op("Slice", [joined, b.const([k]), b.const([_INT64_MAX]), b.const([0])])
+    """x[i + k], with `fill` past the end; same length as x even when len < k.
+
+    Every shift of one tensor slices a single padded copy of it, so n-gram
+    orders 2..5 cost one copy each rather than two.
+    """
+    if k > _MAX_SHIFT:
+        raise ValueError(f"shift {k} exceeds {_MAX_SHIFT}")
+    key = (x, repr(fill))
+    if key not in b.padded:
+        pad = b.op("Expand", [b.const([fill]), b.const([_MAX_SHIFT])])
+        b.padded[key] = (b.op("Concat", [x, pad], axis=0), b.op("Shape", [x]))
+    padded, length = b.padded[key]
+    return b.op("Slice", [padded, b.const([k]), b.op("Add", [length, b.const([k])]), b.const([0])])
 
 
 def _compress(b: _Builder, flat: _Flat, keep: str) -> _Flat:

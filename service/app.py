@@ -12,6 +12,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from service import handlers
+from service.batcher import Batcher
 from service.categorizer import Categorizer
 from service.errors import ApiError, from_http_exception, problem_response
 from service.metrics import Metrics
@@ -49,10 +50,18 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         decoder=RequestDecoder(settings),
         metrics=Metrics(model.labels),
         openapi=msgspec.json.encode(openapi_document(settings)),
+        batcher=(
+            Batcher(model, executor, settings.batch_max_products, handlers.INLINE_MAX_CHARS)
+            if settings.batch_max_products > 0
+            else None
+        ),
     )
     log.info("model loaded", extra={"model_path": settings.model_path, "labels": len(model.labels)})
     yield
     executor.shutdown(wait=True)  # after the server has finished in-flight requests
+    batcher = app[STATE].batcher
+    if batcher is not None:  # how much sharing the load allowed: requests per model call
+        log.info("batching", extra={"requests": batcher.requests, "model_calls": batcher.batches})
 
 
 @web.middleware

@@ -29,7 +29,9 @@ async def categorize(request: web.Request) -> web.Response:
     if not batch.titles:  # the model graph fails on an empty batch
         state.metrics.observe_predictions(())
         return web.Response(body=_EMPTY, headers=_JSON_HEADERS)
-    if batch.chars <= INLINE_MAX_CHARS:
+    if state.batcher is not None and len(batch.titles) < state.batcher.max_rows:
+        categories = await state.batcher.predict(batch.titles, batch.tags, batch.chars)
+    elif batch.chars <= INLINE_MAX_CHARS:
         categories = state.model.predict(batch.titles, batch.tags)
     else:
         loop = asyncio.get_running_loop()

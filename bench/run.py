@@ -1,0 +1,338 @@
+"""The full benchmark of the categorizer service, in one run (`python -m bench`, `make bench`).
+
+1. Starts `python api.py` (default settings: one worker per CPU) on a free port and
+   times start-up to ready.
+2. Drives it with wrk at 1, 100 and 1,000 titles per request (real titles from the
+   public test file when present) and several connection counts, recording the
+   workers' RSS after each run.
+3. The same grid against the raw HTTP server (bench/rawserver.py: same stack, same
+   worker count, no model work): the ceiling of the HTTP layer.
+4. The in-process onnxruntime ceiling: titles/s of the model alone at batches of 1, 100
+   and 1,000, in as many processes as workers.
+5. A soak run (1 title, 32 connections) sampling the workers' RSS, to see it stay flat.
+
+Prints a table, writes JSON (bench/results/latest.json or --out) and a PNG plot next to it.
+Benchmarks are measurements, not tests: nothing here passes or fails on timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from bench import ceiling, payloads, procs, wrk
+from bench.payloads import ROOT
+
+DEFAULT_OUT = ROOT / "bench" / "results" / "latest.json"
+# The reference measured by the owners on this machine (issue 4): Flask + gunicorn
+# (2 workers, pickled TF-IDF + LR), wrk on the same host. req/s by titles per request.
+ANCHOR_REQ_PER_S = {1: 350.0, 100: 190.0, 1000: 70.0}
+ANCHOR_P99_MS_1_TITLE = 175.0
+# Goals of issue 4, as multiples of the anchor (1 title at 32 connections, 1,000 at 8).
+GOALS = {1: (10.0, 32), 100: (5.0, 32), 1000: (2.0, 8)}
+
+
+@dataclass
+class Plan:
+    titles: List[int]
+    connections: List[int]
+    duration: float
+    raw_duration: float
+    ceiling_seconds: float
+    soak_seconds: float
+    workers: int
+    raw: bool = True
+    ceiling: bool = True
+    env: Dict[str, str] = field(default_factory=dict)
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
+    from service.settings import default_workers
+
+    workers = int(os.environ.get("WORKERS") or default_workers())
+    if args.quick:
+        plan = Plan([1, 100], [8], 1.0, 1.0, 0.5, 0.0, workers)
+    else:
+        plan = Plan([1, 100, 1000], [8, 32, 64], 5.0, 3.0, 3.0, 60.0, workers)
+    if args.titles:
+        plan.titles = args.titles
+    if args.connections:
+        plan.connections = args.connections
+    if args.duration:
+        plan.duration = plan.raw_duration = args.duration
+    if args.soak is not None:
+        plan.soak_seconds = args.soak
+    plan.raw = not args.no_raw
+    plan.ceiling = not args.no_ceiling
+    return plan
+
+
+def machine() -> Dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name in ("aiohttp", "onnxruntime", "msgspec", "uvloop", "numpy"):
+        try:
+            versions[name] = __import__(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {
+        "cpu_model": model,
+        "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+        "wrk": "wrk (same host)",
+        "load_average_before": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+
+
+def drive(
+    server: procs.Server, plan: Plan, titles: List[str], target: str, seconds: float
+) -> List[Dict[str, Any]]:
+    rows = []
+    for n in plan.titles:
+        bodies = payloads.bodies(titles, n, 16 if n < 1000 else 4)
+        for c in plan.connections:
+            result = wrk.run(server.url + "/v1/categorize", bodies, c, seconds)
+            rss = server.worker_rss_mb()
+            row = {"target": target, "titles": n, "connections": c, **result.as_dict()}
+            row["titles_per_s"] = round(result.req_per_s * n, 1)
+            row["rss_mb"] = [round(x, 1) for x in rss]
+            rows.append(row)
+            print(_row_line(row), flush=True)
+    return rows
+
+
+def soak(server: procs.Server, plan: Plan, titles: List[str]) -> Dict[str, Any]:
+    """1 title, 32 connections for soak_seconds in 5 s slices, RSS sampled after each."""
+    bodies = payloads.bodies(titles, 1, 16)
+    samples = [[round(x, 1) for x in server.worker_rss_mb()]]
+    requests = errors = 0
+    slices = max(1, round(plan.soak_seconds / 5))
+    for _ in range(slices):
+        result = wrk.run(server.url + "/v1/categorize", bodies, 32, plan.soak_seconds / slices)
+        requests += result.requests
+        errors += result.errors
+        samples.append([round(x, 1) for x in server.worker_rss_mb()])
+    # Growth after the first slice: the first one still fills allocator pools.
+    growth = [round(last - first, 1) for first, last in zip(samples[1], samples[-1])]
+    return {
+        "seconds": plan.soak_seconds,
+        "requests": requests,
+        "errors": errors,
+        "rss_mb_samples": samples,
+        "rss_growth_mb_after_first_slice": growth,
+    }
+
+
+HEADER = (
+    f"{'target':<8} {'titles':>6} {'conns':>5} {'req/s':>9} {'titles/s':>9} {'p50 ms':>8} "
+    f"{'p99 ms':>8} {'errors':>6} {'RSS MB/worker':>14} {'vs anchor':>9}"
+)
+
+
+def _row_line(row: Dict[str, Any]) -> str:
+    anchor = ANCHOR_REQ_PER_S.get(row["titles"])
+    ratio = f"x{row['req_per_s'] / anchor:.1f}" if anchor and row["target"] == "service" else ""
+    rss = "/".join(f"{x:.0f}" for x in row["rss_mb"])
+    return (
+        f"{row['target']:<8} {row['titles']:>6} {row['connections']:>5} {row['req_per_s']:>9.0f} "
+        f"{row['titles_per_s']:>9.0f} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>6} "
+        f"{rss:>14} {ratio:>9}"
+    )
+
+
+def goals(result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The issue's goals next to what this run measured (information, not a verdict on CI)."""
+    out: List[Dict[str, Any]] = []
+    rows = {(r["titles"], r["connections"]): r for r in result["service"]}
+    for n, (multiple, c) in GOALS.items():
+        row = rows.get((n, c))
+        if row is not None:
+            got = row["req_per_s"] / ANCHOR_REQ_PER_S[n]
+            out.append(
+                {
+                    "goal": f"{n} title(s)/request at {c} conns >= {multiple:g}x anchor",
+                    "measured": round(got, 2),
+                    "met": got >= multiple and row["errors"] == 0,
+                }
+            )
+    row = rows.get((1, 32))
+    if row is not None:
+        limit = ANCHOR_P99_MS_1_TITLE / 10
+        out.append(
+            {
+                "goal": f"p99 at 1 title, 32 conns <= {limit:g} ms",
+                "measured": row["p99_ms"],
+                "met": row["p99_ms"] <= limit,
+            }
+        )
+    best_1000 = max((r["titles_per_s"] for r in result["service"] if r["titles"] == 1000), default=None)
+    ceiling_1000 = next((c["titles_per_s"] for c in result["ceiling"] if c["batch"] == 1000), None)
+    if best_1000 is not None and ceiling_1000:
+        share = best_1000 / ceiling_1000
+        out.append(
+            {
+                "goal": "1000 titles/request: >= 50% of the in-process ceiling (titles/s)",
+                "measured": round(share, 2),
+                "met": share >= 0.5,
+            }
+        )
+    out.append(
+        {
+            "goal": "start-up to ready <= 1 s",
+            "measured": round(result["startup_seconds"], 2),
+            "met": result["startup_seconds"] <= 1.0,
+        }
+    )
+    rss = [x for r in result["service"] for x in r["rss_mb"]]
+    if rss:
+        out.append({"goal": "RSS <= 150 MB per worker", "measured": max(rss), "met": max(rss) <= 150})
+    if result["soak"]:
+        growth = max(result["soak"]["rss_growth_mb_after_first_slice"])
+        out.append(
+            {
+                "goal": f"no RSS growth over a {result['soak']['seconds']:g} s run",
+                "measured": growth,
+                "met": growth <= 2.0,
+            }
+        )
+    return out
+
+
+def plot(result: Dict[str, Any], path: Path) -> Optional[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for target, style in (("service", "-o"), ("raw", "--x")):
+        for n in sorted({r["titles"] for r in result[target if target == "service" else "raw_http"]}):
+            rows = [r for r in result["service" if target == "service" else "raw_http"] if r["titles"] == n]
+            if target == "raw" and n != 1:
+                continue  # the raw server does no per-title work: only its req/s at 1 title means much
+            xs = [r["connections"] for r in rows]
+            left.plot(xs, [r["titles_per_s"] for r in rows], style, label=f"{target}, {n} titles/req")
+            if target == "service":
+                right.plot(xs, [r["p99_ms"] for r in rows], style, label=f"p99, {n} titles/req")
+                right.plot(xs, [r["p50_ms"] for r in rows], ":", label=f"p50, {n} titles/req")
+    for c in result["ceiling"]:
+        left.axhline(c["titles_per_s"], color="grey", linewidth=0.8, linestyle=":")
+        left.annotate(
+            f"onnxruntime alone, batch {c['batch']}", (left.get_xlim()[0], c["titles_per_s"]), fontsize=7
+        )
+    left.set(xscale="log", yscale="log", xlabel="connections", ylabel="titles/s", title="Throughput")
+    right.set(xscale="log", yscale="log", xlabel="connections", ylabel="ms", title="Service latency")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
+    fig.suptitle(
+        f"{result['machine']['cpu_model']}, {result['machine']['cpus']} CPUs, {result['workers']} workers"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a few seconds: smaller grid, short runs")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    parser.add_argument("--titles", type=int, nargs="+", help="titles per request (default 1 100 1000)")
+    parser.add_argument("--connections", type=int, nargs="+", help="wrk connections (default 8 32 64)")
+    parser.add_argument("--duration", type=float, help="seconds per wrk run (default 5)")
+    parser.add_argument("--soak", type=float, help="seconds of the RSS soak run (default 60, 0 = none)")
+    parser.add_argument("--no-raw", action="store_true", help="skip the raw HTTP ceiling")
+    parser.add_argument("--no-ceiling", action="store_true", help="skip the in-process onnxruntime ceiling")
+    parser.add_argument("--no-plot", action="store_true")
+    args = parser.parse_args(argv)
+    if not wrk.available():
+        print(f"error: {wrk.WRK_INSTALL}", file=sys.stderr)
+        return 2
+    plan = make_plan(args)
+    model_path = os.environ.get("MODEL_PATH") or str(ROOT / "artifacts" / "model.onnx")
+    titles = payloads.load_titles()
+    started = time.time()
+    result: Dict[str, Any] = {
+        "machine": machine(),
+        "workers": plan.workers,
+        "model_path": model_path,
+        "titles_source": payloads.titles_source(),
+        "plan": {k: v for k, v in vars(plan).items() if k != "env"},
+        "anchor_req_per_s": ANCHOR_REQ_PER_S,
+        "ceiling": [],
+        "raw_http": [],
+        "soak": None,
+    }
+    print(
+        f"titles from {result['titles_source']}; {plan.workers} workers; "
+        f"machine {result['machine']['cpu_model']}"
+    )
+    print(HEADER, flush=True)
+    server = procs.service()
+    try:
+        result["startup_seconds"] = round(server.startup_seconds, 3)
+        result["rss_mb_idle"] = [round(x, 1) for x in server.worker_rss_mb()]
+        result["service"] = drive(server, plan, titles, "service", plan.duration)
+        if plan.soak_seconds > 0:
+            result["soak"] = soak(server, plan, titles)
+    finally:
+        server.stop()
+    if plan.raw:
+        raw = procs.raw_http(plan.workers)
+        try:
+            result["raw_http"] = drive(raw, plan, titles, "raw", plan.raw_duration)
+        finally:
+            raw.stop()
+    if plan.ceiling:
+        result["ceiling"] = ceiling.measure(model_path, plan.titles, plan.workers, plan.ceiling_seconds)
+    result["goals"] = goals(result)
+    result["seconds"] = round(time.time() - started, 1)
+    report(result)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"\nwrote {args.out}")
+    if not args.no_plot and not args.quick:
+        png = plot(result, args.out.with_suffix(".png"))
+        if png is not None:
+            print(f"wrote {png}")
+    return 0
+
+
+def report(result: Dict[str, Any]) -> None:
+    print(
+        f"\nstart-up to ready: {result['startup_seconds']:.2f} s; idle RSS MB/worker: {result['rss_mb_idle']}"
+    )
+    if result["ceiling"]:
+        print(f"in-process onnxruntime ceiling ({result['workers']} processes, 1 thread each):")
+        for c in result["ceiling"]:
+            print(
+                f"  batch {c['batch']:>5}: {c['titles_per_s']:>9.0f} titles/s "
+                f"({c['us_per_title_per_process']} µs/title/process)"
+            )
+    if result["soak"]:
+        s = result["soak"]
+        print(
+            f"soak {s['seconds']:g} s (1 title, 32 conns): {s['requests']} requests, {s['errors']} errors, "
+            f"RSS MB/worker {s['rss_mb_samples'][0]} -> {s['rss_mb_samples'][-1]}"
+        )
+    print("goals (issue 4; measured on this run):")
+    for g in result["goals"]:
+        print(f"  [{'met' if g['met'] else 'MISS'}] {g['goal']}: {g['measured']}")

@@ -1,0 +1,63 @@
+"""The benchmark tools run (smoke tests). Benchmarks are not tests: no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import load, payloads, wrk
+from tests.conftest import Client
+from tests.datasets import ROOT
+
+
+def test_bodies_are_valid_requests_of_the_asked_size() -> None:
+    titles = payloads.load_titles()
+    bodies = payloads.bodies(titles, 3, 2)
+    assert len(bodies) == 2
+    for body in bodies:
+        products = json.loads(body)["products"]
+        assert len(products) == 3
+        assert all(p["title"].strip() for p in products)
+
+
+def test_lua_long_strings_survive_any_body() -> None:
+    body = b'{"products":[{"title":"a]]b]=]c"}]}'
+    quoted = wrk._lua_string(body)
+    assert quoted.startswith("[==[")
+    assert quoted.endswith("]==]")
+
+
+async def test_load_tool_reports_requests_and_errors(client: Client) -> None:
+    url = str(client.make_url("/v1/categorize"))
+    summary = await load.run(url, titles=2, concurrency=4, duration=0.5, timeout=10, progress=False)
+    assert summary["requests"] > 0
+    assert summary["ok"] == summary["requests"]
+    assert summary["titles_per_s"] == pytest.approx(2 * summary["ok"] / summary["seconds"], rel=0.01)
+    assert summary["errors"] == {}
+    missing = await load.run(str(client.make_url("/nope")), 1, 2, 0.2, 10, False)
+    assert missing["ok"] == 0
+    assert set(missing["errors"]) == {"HTTP 404"}
+
+
+@pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (apt-get install wrk)")
+def test_bench_quick_run_writes_results(tmp_path: Path, model_path: str) -> None:
+    out = tmp_path / "latest.json"
+    argv = [sys.executable, "-m", "bench", "--quick", "--titles", "1", "--out", str(out)]
+    env = {**os.environ, "MODEL_PATH": model_path}
+    env.pop("WORKERS", None)
+    result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    service_rows = data["service"]
+    assert service_rows
+    assert all(row["requests"] > 0 for row in service_rows)
+    assert all(row["errors"] == 0 for row in service_rows)
+    assert data["raw_http"]
+    assert data["ceiling"]
+    assert data["startup_seconds"] > 0
+    assert "req/s" in result.stdout
