@@ -96,7 +96,7 @@ def _schema_error(text: str) -> ApiError:
     if missing:
         field = f"{path}.{missing['name']}" if path else missing["name"]
         return ApiError.invalid(field, "required field is missing")
-    return ApiError.invalid(path or "body", message[:1].lower() + message[1:])
+    return ApiError.invalid(path or "body", _sentence_case(message))
 
 
 def _syntax_error(body: bytes, text: str) -> ApiError:
@@ -104,7 +104,14 @@ def _syntax_error(body: bytes, text: str) -> ApiError:
         field = _surrogate_field(body)
         if field is not None:
             return ApiError.invalid(field, "contains a lone UTF-16 surrogate, which is not valid text")
-    return ApiError.invalid("body", "not valid JSON: " + text[:1].lower() + text[1:])
+    return ApiError.invalid("body", "not valid JSON: " + _sentence_case(text))
+
+
+def _sentence_case(text: str) -> str:
+    """msgspec's message as a clause after "field: ": "Expected" -> "expected", "JSON" stays."""
+    if text[1:2].isupper():
+        return text
+    return text[:1].lower() + text[1:]
 
 
 def _surrogate_field(body: bytes) -> Optional[str]:

@@ -75,7 +75,8 @@ async def rejects(
 
 
 async def test_rejects_malformed_json(client: Client, model_labels: Tuple[str, ...]) -> None:
-    await rejects(client, model_labels, b'{"products": [}', "body")
+    problem = await rejects(client, model_labels, b'{"products": [}', "body")
+    assert problem["detail"].startswith("body: not valid JSON: JSON is malformed")
 
 
 async def test_rejects_truncated_json(client: Client, model_labels: Tuple[str, ...]) -> None:
