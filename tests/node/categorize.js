@@ -1,26 +1,70 @@
-// Categorize products with the exported model from Node.js.
-// Usage: node categorize.js MODEL_PATH < products.json
-// products.json: [{"title": "...", "concatenated_tags": "..."}, ...]
-// Prints {"labels": [...], "probabilities": [[...], ...]} on stdout.
+// Categorize products with the exported model from Node.js, as a team using
+// onnxruntime-node would.
+//
+// Usage: node categorize.js MODEL_PATH [PRODUCTS_JSON] [--batch-size K]
+//   PRODUCTS_JSON: a file holding [{"title": "...", "concatenated_tags": "..."}, ...];
+//   standard input when absent or "-". A missing or null field counts as "" (no tags).
+//   --batch-size K: run the graph on K products at a time (default: all at once).
+// Prints {"labels": [...], "probabilities": [[...], ...]} on standard output.
 "use strict";
 const fs = require("fs");
 const ort = require("onnxruntime-node");
 
+function parseArgs(argv) {
+  const positional = [];
+  let batchSize = 0;
+  for (let i = 0; i < argv.length; i++) {
+    if (argv[i] === "--batch-size") {
+      batchSize = Number(argv[++i]);
+      if (!Number.isInteger(batchSize) || batchSize < 1) throw new Error("--batch-size needs a positive integer");
+    } else {
+      positional.push(argv[i]);
+    }
+  }
+  if (positional.length < 1 || positional.length > 2) {
+    throw new Error("usage: node categorize.js MODEL_PATH [PRODUCTS_JSON] [--batch-size K]");
+  }
+  const [modelPath, input = "-"] = positional;
+  return { modelPath, input, batchSize };
+}
+
+function field(product, name) {
+  const value = product[name];
+  if (value === undefined || value === null) return "";
+  if (typeof value !== "string") throw new Error(`${name} must be a string, got ${typeof value}`);
+  return value;
+}
+
 async function main() {
-  const [modelPath] = process.argv.slice(2);
-  const products = JSON.parse(fs.readFileSync(0, "utf8"));
+  const { modelPath, input, batchSize } = parseArgs(process.argv.slice(2));
+  const products = JSON.parse(fs.readFileSync(input === "-" ? 0 : input, "utf8"));
+  if (!Array.isArray(products)) throw new Error("the input must be a JSON array of products");
+  const labels = [];
+  const probabilities = [];
   if (products.length === 0) {
-    // The graph cannot run an empty batch; there is nothing to label anyway.
-    process.stdout.write(JSON.stringify({ labels: [], probabilities: [] }));
+    // The graph is never run on an empty batch; there is nothing to label anyway.
+    process.stdout.write(JSON.stringify({ labels, probabilities }));
     return;
   }
   const session = await ort.InferenceSession.create(modelPath, { executionProviders: ["cpu"] });
-  const column = (name) => new ort.Tensor("string", products.map((p) => p[name] || ""), [products.length]);
-  const out = await session.run({ title: column("title"), concatenated_tags: column("concatenated_tags") });
-  const k = out.probabilities.dims[1];
-  const flat = Array.from(out.probabilities.data);
-  const probabilities = products.map((_, i) => flat.slice(i * k, (i + 1) * k));
-  process.stdout.write(JSON.stringify({ labels: Array.from(out.label.data), probabilities }));
+  const step = batchSize || products.length;
+  for (let start = 0; start < products.length; start += step) {
+    const batch = products.slice(start, start + step);
+    const column = (name) => new ort.Tensor("string", batch.map((p) => field(p, name)), [batch.length]);
+    const out = await session.run({ title: column("title"), concatenated_tags: column("concatenated_tags") });
+    const [rows, k] = out.probabilities.dims;
+    if (rows !== batch.length || out.label.dims[0] !== batch.length) {
+      throw new Error(`expected ${batch.length} rows, got labels ${out.label.dims} and probabilities ${out.probabilities.dims}`);
+    }
+    // float32 -> JS double is exact, and JSON prints the shortest decimal that reads
+    // back to the same double, so Python recovers the very same float32 values.
+    const flat = Array.from(out.probabilities.data);
+    for (let i = 0; i < rows; i++) {
+      labels.push(out.label.data[i]);
+      probabilities.push(flat.slice(i * k, (i + 1) * k));
+    }
+  }
+  process.stdout.write(JSON.stringify({ labels, probabilities }));
 }
 
 main().catch((err) => {
