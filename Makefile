@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train bench bench-quick clean
+.PHONY: run test lint format train bench bench-quick fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ bench: $(VENV)/.dev
 
 bench-quick: $(VENV)/.dev
 	$(BIN)/python -m bench --quick
+
+FUZZ_EXAMPLES ?= 20000
+# Longer schemathesis run against a live server (CI runs 1,200 cases).
+fuzz: $(VENV)/.dev
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest tests/test_fuzz_openapi.py -q
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

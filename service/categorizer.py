@@ -57,7 +57,11 @@ class Categorizer:
         return categories
 
     def _run(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
-        feeds = {INPUT_TITLE: np.array(titles, dtype=object), INPUT_TAGS: np.array(tags, dtype=object)}
+        # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
+        # Python 3.9 is 1.19) keeps a reference to every str of an object input,
+        # leaking all request text (microsoft/onnxruntime#22271). numpy drops
+        # trailing NULs from such strings; NUL folds to a space, so no feature changes.
+        feeds = {INPUT_TITLE: np.array(titles, dtype=np.str_), INPUT_TAGS: np.array(tags, dtype=np.str_)}
         labels: List[str] = self._session.run([OUTPUT_LABEL], feeds)[0].tolist()
         return labels
 

@@ -24,6 +24,10 @@ class Problem(msgspec.Struct, omit_defaults=True):
     field: Optional[str] = None
 
 
+# Not an IANA status: nginx's convention for "the client went away first".
+CLIENT_CLOSED_REQUEST = 499
+
+
 class ApiError(Exception):
     """An error a client caused or can see, with the HTTP status it maps to.
 
@@ -44,6 +48,14 @@ class ApiError(Exception):
     @classmethod
     def invalid(cls, field: str, message: str) -> ApiError:
         return cls(400, "Invalid request", f"{field}: {message}", field)
+
+    @classmethod
+    def client_gone(cls) -> ApiError:
+        # nginx's 499: the client closed the connection before sending its whole
+        # body. Nobody reads the answer; the status keeps it out of 5xx alerts.
+        return cls(
+            CLIENT_CLOSED_REQUEST, "Client Closed Request", "body: the connection closed mid-body", "body"
+        )
 
     @classmethod
     def too_large(cls, limit: int) -> ApiError:

@@ -49,6 +49,8 @@ async def _read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise ApiError.too_large(limit) from None
+    except ConnectionResetError:  # aiohttp's own disconnect errors subclass it
+        raise ApiError.client_gone() from None
 
 
 async def healthz(request: web.Request) -> web.Response:

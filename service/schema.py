@@ -167,7 +167,12 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
             "/openapi.json": {
                 "get": {
                     "summary": "This document.",
-                    "responses": {"200": plain("OpenAPI.", "application/json")},
+                    "responses": {
+                        "200": {
+                            "description": "OpenAPI 3.1 document.",
+                            "content": {"application/json": {"schema": {"type": "object"}}},
+                        }
+                    },
                 }
             },
         },

@@ -1,0 +1,53 @@
+# syntax=docker/dockerfile:1
+# Two targets:
+#   serve (the default, last stage): `python api.py`, what `make run` starts.
+#     docker build -t elo7-categorizer .
+#   train: runs treinamento.ipynb headless, what `make train` does.
+#     docker build --target train -t elo7-categorizer-train .
+# The base image follows .python-version (3.9.18, the primary Python).
+FROM python:3.9.18-slim-bookworm AS base
+
+ENV PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1
+
+# A fixed, unprivileged, numeric uid: nothing needs root at run time, and a numeric
+# USER lets Kubernetes verify runAsNonRoot.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid app --no-create-home --home-dir /app app
+WORKDIR /app
+
+
+FROM base AS train
+# Dependencies first, in their own layer: code changes do not reinstall them.
+COPY requirements/base.txt requirements/train.txt requirements/
+RUN pip install --no-cache-dir -r requirements/train.txt
+COPY categorizer/ categorizer/
+COPY treinamento.ipynb ./
+# data/ (the dataset CSV) and artifacts/ (model.onnx, figures, metrics) are
+# volumes: see docker-compose.yml.
+RUN mkdir -p data artifacts && chown 10001:10001 data artifacts
+USER 10001:10001
+# The user has no home: the kernel's connection files and matplotlib's cache go to /tmp.
+ENV DATASET_PATH=data/elo7_recruitment_dataset.csv \
+    HOME=/tmp \
+    JUPYTER_RUNTIME_DIR=/tmp/jupyter \
+    MPLCONFIGDIR=/tmp/matplotlib
+CMD ["python", "-m", "categorizer.notebook", "treinamento.ipynb"]
+
+
+FROM base AS serve
+COPY requirements/base.txt requirements/
+RUN pip install --no-cache-dir -r requirements/base.txt
+# Only what serving reads; files stay root-owned, so the service cannot change them.
+COPY service/ service/
+COPY api.py ./
+COPY artifacts/model.onnx artifacts/
+USER 10001:10001
+EXPOSE 8080
+# No curl in slim images: the check uses Python's urllib, on PORT if it was changed.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=30s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('PORT', '8080'), timeout=2)"]
+# Exec form: python is PID 1 and receives SIGTERM itself (graceful drain, see docs/operations.md).
+CMD ["python", "api.py"]
