@@ -24,7 +24,7 @@ import pytest
 
 from service.settings import Settings
 from tests.datasets import ROOT
-from tests.test_service_process import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
+from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"

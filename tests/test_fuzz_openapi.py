@@ -21,7 +21,7 @@ from typing import Any, Dict, Iterator
 import pytest
 
 from tests.datasets import ROOT, model_file
-from tests.test_service_process import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, api_env
+from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, api_env
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis not installed (in requirements/dev.txt)"

@@ -17,7 +17,6 @@ import signal
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,8 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import aiohttp
 import pytest
 
-from tests.datasets import ROOT
-from tests.test_service_process import STOP_TIMEOUT_SECONDS, Launcher, api_env, wait_exit, wait_ready
+from tests.servers import STOP_TIMEOUT_SECONDS, FileLauncher, wait_exit, wait_ready, worker_pids
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
 SOAK_CONCURRENCY = 64
@@ -85,32 +83,6 @@ SOAK_MIX: List[Tuple[bytes, int, int]] = [
 ONE = body_of([product(0)])
 
 
-class FileLauncher(Launcher):
-    """Launcher whose servers write stdout/stderr to files, not pipes: under load a
-    server may log more than a pipe holds (64 KiB) before the test reads it, and a
-    worker blocked on a full pipe would stall the very traffic under test."""
-
-    def __init__(self, model_path: str, port: int, logs: Path) -> None:
-        super().__init__(model_path, port)
-        self.logs = logs
-
-    def spawn(self, **overrides: str) -> subprocess.Popen[str]:
-        env = api_env(MODEL_PATH=self.model_path, PORT=str(self.port), **overrides)
-        n = len(self.procs)
-        with (
-            (self.logs / f"stdout-{n}.log").open("w") as out,
-            (self.logs / f"stderr-{n}.log").open("w") as err,
-        ):
-            proc = subprocess.Popen(
-                [sys.executable, "api.py"], cwd=ROOT, env=env, stdout=out, stderr=err, text=True
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stderr(self, proc: subprocess.Popen[str]) -> str:
-        return (self.logs / f"stderr-{self.procs.index(proc)}.log").read_text()
-
-
 @pytest.fixture
 def launcher(model_path: str, free_port: int, tmp_path: Path) -> Iterator[FileLauncher]:
     launch = FileLauncher(model_path, free_port, tmp_path)
@@ -123,20 +95,6 @@ async def start(launcher: FileLauncher, **overrides: str) -> subprocess.Popen[st
     proc = launcher.spawn(**{"WORKERS": "2", "DRAIN_SECONDS": "0", "GRACE_SECONDS": "2", **overrides})
     await wait_ready(proc, launcher.base)
     return proc
-
-
-def worker_pids(proc: subprocess.Popen[str]) -> List[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    if not children.exists():
-        pytest.skip("needs Linux /proc/<pid>/task/<pid>/children to find the workers")
-    pids = [
-        int(pid)
-        for pid in children.read_text().split()
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    assert len(pids) == 2, pids
-    return pids
 
 
 def rss_bytes(pid: int) -> int:

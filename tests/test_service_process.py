@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Iterator, List
 
@@ -15,17 +14,7 @@ import aiohttp
 import pytest
 
 from tests.datasets import ROOT
-
-# Generous: only bounds how long a broken server can hang the test run.
-START_TIMEOUT_SECONDS = 60.0
-STOP_TIMEOUT_SECONDS = 30.0
-
-
-def api_env(**overrides: str) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("WORKERS", "PORT", "MODEL_PATH")}
-    env.update(HOST="127.0.0.1", LOG_LEVEL="WARNING")
-    env.update(overrides)
-    return env
+from tests.servers import STOP_TIMEOUT_SECONDS, Launcher, api_env, wait_exit, wait_ready, worker_pids
 
 
 def run_api(env: Dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -96,67 +85,11 @@ def test_port_in_use_stops_startup(model_path: str) -> None:
 # --- Running server ------------------------------------------------------------------------
 
 
-class Launcher:
-    """Starts `python api.py` processes and stops any left running by a failed test."""
-
-    def __init__(self, model_path: str, port: int) -> None:
-        self.model_path = model_path
-        self.port = port
-        self.base = f"http://127.0.0.1:{port}"
-        self.procs: List[subprocess.Popen[str]] = []
-
-    def spawn(self, **overrides: str) -> subprocess.Popen[str]:
-        env = api_env(MODEL_PATH=self.model_path, PORT=str(self.port), **overrides)
-        proc = subprocess.Popen(
-            [sys.executable, "api.py"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop_leftovers(self) -> None:
-        for proc in self.procs:  # SIGTERM, not SIGKILL: the parent forwards it to its workers
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-
-
 @pytest.fixture
 def launcher(model_path: str, free_port: int) -> Iterator[Launcher]:
     launch = Launcher(model_path, free_port)
     yield launch
     launch.stop_leftovers()
-
-
-async def wait_ready(proc: subprocess.Popen[str], base: str) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < deadline:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                async with session.get(f"{base}/readyz") as response:
-                    if response.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.05)
-    pytest.fail("server not ready in time")
-
-
-async def wait_exit(proc: subprocess.Popen[str]) -> int:
-    deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-    while proc.poll() is None:
-        assert time.monotonic() < deadline, "server did not exit"
-        await asyncio.sleep(0.05)
-    return proc.returncode
 
 
 @pytest.mark.parametrize("workers", ["2", "1"])
@@ -205,16 +138,7 @@ async def test_sigterm_drains_without_losing_requests(launcher: Launcher, worker
 async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> None:
     proc = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0", GRACE_SECONDS="1")
     await wait_ready(proc, launcher.base)
-    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
-    if not children.exists():
-        pytest.skip("needs Linux /proc/<pid>/task/<pid>/children to find the workers")
-    # Workers, not multiprocessing's resource tracker (also a child).
-    workers = [
-        int(pid)
-        for pid in children.read_text().split()
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
-    assert len(workers) >= 2
+    workers = worker_pids(proc)
     os.kill(workers[0], signal.SIGKILL)
     code = await wait_exit(proc)
     _, stderr = proc.communicate()
