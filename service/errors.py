@@ -58,6 +58,11 @@ class ApiError(Exception):
         )
 
     @classmethod
+    def body_timeout(cls, seconds: float) -> ApiError:
+        detail = f"body: not received within {seconds:g} s"
+        return cls(408, "Request Timeout", detail, "body")
+
+    @classmethod
     def too_large(cls, limit: int) -> ApiError:
         return cls(413, "Content Too Large", f"body: larger than the limit of {limit} bytes", "body")
 

@@ -24,7 +24,7 @@ _EMPTY = _ENCODER.encode(CategorizeResponse([]))
 
 async def categorize(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await _read_body(request, state.settings.max_body_bytes)
+    body = await _read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
     batch = state.decoder.decode(body)
     if not batch.titles:  # the model graph fails on an empty batch
         state.metrics.observe_predictions(())
@@ -40,13 +40,15 @@ async def categorize(request: web.Request) -> web.Response:
     return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
     # Content-Length says it up front: refuse without reading. Chunked bodies are cut
     # by aiohttp's client_max_size (the same limit) while reading.
     if request.content_length is not None and request.content_length > limit:
         raise ApiError.too_large(limit)
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError.body_timeout(timeout) from None
     except web.HTTPRequestEntityTooLarge:
         raise ApiError.too_large(limit) from None
     except ConnectionResetError:  # aiohttp's own disconnect errors subclass it

@@ -73,6 +73,9 @@ class Settings:
     # call of at most this many products (service/batcher.py); bigger requests run alone.
     # 0 turns it off: every request calls the model by itself.
     batch_max_products: int = DEFAULT_BATCH_MAX_PRODUCTS
+    # Longest a client may take to send its body once the headers are in: a slow
+    # client must not hold a connection (and its memory) forever. 408 after that.
+    body_timeout_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -93,6 +96,9 @@ class Settings:
             grace_seconds=_read(e, "GRACE_SECONDS", _float_between(0, 3600), cls.grace_seconds),
             batch_max_products=_read(
                 e, "BATCH_MAX_PRODUCTS", _int_between(0, 100_000), cls.batch_max_products
+            ),
+            body_timeout_seconds=_read(
+                e, "BODY_TIMEOUT_SECONDS", _float_between(0.1, 3600), cls.body_timeout_seconds
             ),
         )
 

@@ -439,3 +439,18 @@ def test_fuzz_never_5xx(sync_client: Tuple[asyncio.AbstractEventLoop, Client], b
             assert response.content_type == PROBLEM
 
     loop.run_until_complete(check())
+
+
+async def test_rejects_a_body_sent_too_slowly_with_408(
+    aiohttp_client: AiohttpClient, settings: Settings, model_labels: Tuple[str, ...]
+) -> None:
+    slow = await aiohttp_client(create_app(dataclasses.replace(settings, body_timeout_seconds=0.2)))
+
+    async def dribble() -> AsyncIterator[bytes]:
+        yield b'{"products": ['
+        await asyncio.sleep(2)
+        yield b"]}"
+
+    response = await slow.post(URL, data=dribble())
+    await assert_problem(response, 408, "body")
+    await assert_still_serves(slow, model_labels)
