@@ -50,17 +50,22 @@ class Launcher:
         return proc
 
     def stop_leftovers(self) -> None:
-        for proc in self.procs:  # SIGTERM, not SIGKILL: the parent forwards it to its workers
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(STOP_TIMEOUT_SECONDS)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for proc in self.procs:
+            stop(proc)
             for pipe in (proc.stdout, proc.stderr):  # unread pipes would warn when collected
                 if pipe is not None:
                     pipe.close()
+
+
+def stop(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM (the parent forwards it to its workers), SIGKILL if it will not exit."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 class FileLauncher(Launcher):

@@ -24,7 +24,7 @@ import pytest
 
 from service.settings import Settings
 from tests.datasets import ROOT
-from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS
+from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, stop
 
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
@@ -337,13 +337,7 @@ def image_process(
     try:
         yield proc, env, workdir
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(STOP_TIMEOUT_SECONDS)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc)
         proc.communicate()
 
 
