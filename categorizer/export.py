@@ -11,7 +11,7 @@ import onnx
 from onnx import numpy_helper
 
 from categorizer.features import FeatureSpec
-from categorizer.model import Model, TrainConfig, pipeline
+from categorizer.model import Model, from_weights
 from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model
 
 # Metadata keys other languages read; part of the file's contract.
@@ -64,12 +64,6 @@ def load_reference(path: Path) -> Model:
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
-    fitted = pipeline(spec, TrainConfig())
     table = weights[WEIGHTS].astype(np.float64)
-    fitted.named_steps["tfidf"].idf_ = table[:, 0]
-    classifier = fitted.named_steps["sgd"]
-    classifier.coef_ = np.ascontiguousarray(table[:, 1:].T)
-    classifier.intercept_ = weights[INTERCEPT]
-    classifier.classes_ = np.array(json.loads(meta[LABELS_KEY]), dtype=object)
-    classifier.n_features_in_ = spec.n_features
-    return Model(spec, fitted)
+    labels = json.loads(meta[LABELS_KEY])
+    return from_weights(spec, table[:, 0], table[:, 1:].T, weights[INTERCEPT], labels)

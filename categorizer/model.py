@@ -109,6 +109,24 @@ def fit(frame: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CO
     return model
 
 
+def from_weights(
+    spec: FeatureSpec, idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray, labels: Sequence[str]
+) -> Model:
+    """A 'fitted' pipeline from known weights (an exported file's, or test values).
+
+    `coef` is ``[n_classes, n_features]``; idf and coef should already be the
+    float32-rounded values the ONNX file stores.
+    """
+    fitted = pipeline(spec, DEFAULT_CONFIG)
+    fitted.named_steps["tfidf"].idf_ = np.asarray(idf, dtype=np.float64)
+    classifier = fitted.named_steps["sgd"]
+    classifier.coef_ = np.ascontiguousarray(coef, dtype=np.float64)
+    classifier.intercept_ = np.asarray(intercept, dtype=np.float64)
+    classifier.classes_ = np.array(list(labels), dtype=object)
+    classifier.n_features_in_ = spec.n_features
+    return Model(spec, fitted)
+
+
 def as_float32(weights: np.ndarray) -> np.ndarray:
     """float32-rounded values, kept in float64 arrays as scikit-learn expects."""
     rounded: np.ndarray = weights.astype(np.float32).astype(np.float64)

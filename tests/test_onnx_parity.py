@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from categorizer import export, prepare
 from categorizer.features import FeatureSpec
-from categorizer.model import Model, TrainConfig, as_float32, docs, pipeline
+from categorizer.model import Model, as_float32, docs, from_weights
 from tests.datasets import model_file, public_test_csv, training_csv
 
 # The issue's bar: identical labels, probabilities within 1e-5.
@@ -79,6 +79,12 @@ def assert_parity(model: Model, session: ort.InferenceSession, titles: List[str]
     assert delta <= MAX_PROBA_DELTA
 
 
+def assert_file_parity(model: Model, session: ort.InferenceSession, csv: Path, with_tags: bool) -> None:
+    frame = prepare.clean(pd.read_csv(csv))
+    tags = frame["concatenated_tags"].tolist() if with_tags else [""] * len(frame)
+    assert_parity(model, session, frame["title"].tolist(), tags)
+
+
 def adversarial_pairs() -> Tuple[List[str], List[str]]:
     pairs = [(t, g) for t in ADVERSARIAL_TITLES for g in ADVERSARIAL_TAGS]
     return [t for t, _ in pairs], [g for _, g in pairs]
@@ -108,18 +114,14 @@ def test_artifact_matches_sklearn_on_one_row_batches(artifact: Tuple[Model, ort.
 def test_artifact_matches_sklearn_on_training_file(
     artifact: Tuple[Model, ort.InferenceSession], with_tags: bool
 ) -> None:
-    frame = prepare.clean(pd.read_csv(training_csv()))
-    tags = frame["concatenated_tags"].tolist() if with_tags else [""] * len(frame)
-    assert_parity(*artifact, frame["title"].tolist(), tags)
+    assert_file_parity(*artifact, training_csv(), with_tags)
 
 
 @pytest.mark.parametrize("with_tags", [False, True], ids=["title_only", "title_and_tags"])
 def test_artifact_matches_sklearn_on_public_test_file(
     artifact: Tuple[Model, ort.InferenceSession], with_tags: bool
 ) -> None:
-    frame = prepare.clean(pd.read_csv(public_test_csv()))
-    tags = frame["concatenated_tags"].tolist() if with_tags else [""] * len(frame)
-    assert_parity(*artifact, frame["title"].tolist(), tags)
+    assert_file_parity(*artifact, public_test_csv(), with_tags)
 
 
 # --- random weights, unusual specs --------------------------------------------
@@ -129,14 +131,9 @@ def random_model(spec: FeatureSpec, seed: int, labels: Optional[List[str]] = Non
     """A 'fitted' pipeline with random weights, to test the graph without training."""
     rng = np.random.default_rng(seed)
     labels = labels or ["Bebê", "b", "c", "d"]
-    fitted = pipeline(spec, TrainConfig())
-    fitted.named_steps["tfidf"].idf_ = as_float32(rng.uniform(1.0, 9.0, spec.n_features))
-    classifier = fitted.named_steps["sgd"]
-    classifier.coef_ = as_float32(rng.normal(size=(len(labels), spec.n_features)))
-    classifier.intercept_ = rng.normal(size=len(labels))
-    classifier.classes_ = np.array(labels, dtype=object)
-    classifier.n_features_in_ = spec.n_features
-    return Model(spec, fitted)
+    idf = as_float32(rng.uniform(1.0, 9.0, spec.n_features))
+    coef = as_float32(rng.normal(size=(len(labels), spec.n_features)))
+    return from_weights(spec, idf, coef, rng.normal(size=len(labels)), labels)
 
 
 def session_for(model: Model) -> ort.InferenceSession:
