@@ -10,11 +10,13 @@ from __future__ import annotations
 import sys
 
 from service.settings import Settings, SettingsError
+from service.signals import defer_stop_signals
 
 EXIT_BAD_SETTINGS = 2
 
 
 def main() -> int:
+    defer_stop_signals()  # until a handler can drain; see service/signals.py
     try:
         settings = Settings.from_env()
     except SettingsError as exc:

@@ -3,8 +3,7 @@
 Layers, imports only go down: `server`/`supervisor` (processes, signals) -> `app`
 (aiohttp wiring) -> `handlers` (HTTP) -> `schema`, `categorizer` (no aiohttp).
 Nothing here imports the training package `categorizer/`.
+
+Deliberately empty: importing `service.settings` (what `api.py` does first) must not
+pull in aiohttp and onnxruntime; `create_app` lives in `service.app`.
 """
-
-from service.app import create_app
-
-__all__ = ["create_app"]

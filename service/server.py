@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from typing import Callable, Optional
 
 from aiohttp import web
@@ -21,6 +20,7 @@ from service.app import create_app
 from service.categorizer import ModelError
 from service.logs import access_logger, access_logger_class
 from service.settings import Settings
+from service.signals import STOP_SIGNALS, accept_stop_signals
 from service.state import STATE
 
 log = logging.getLogger("categorizer")
@@ -78,7 +78,8 @@ async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = Non
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         # A second signal changes nothing: the drain is already under way.
         loop.add_signal_handler(signum, stop.set)
+    accept_stop_signals()  # one sent while starting was held back until now
     return stop

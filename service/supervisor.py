@@ -3,7 +3,9 @@
 - Workers are spawned (not forked): each builds its own app, event loop and model
   session from scratch, with no onnxruntime threads inherited from the parent.
 - SIGTERM/SIGINT to the parent is forwarded to every worker, which drains and stops
-  (see service.server); the parent exits 0 when they all exited 0.
+  (see service.server); the parent exits 0 when they all exited 0. A worker is
+  signalled only after it reported STARTED (stop signals blocked): before that, the
+  default action would kill it, and a stop during start-up is not a crash.
 - A worker that dies unexpectedly is NOT restarted: the parent drains the others
   and exits 1, so the orchestrator (Kubernetes, systemd, Docker) restarts the whole
   service with a clean state and the failure is visible, rather than hidden by a
@@ -26,9 +28,11 @@ from multiprocessing.process import BaseProcess
 from typing import Any, Dict, List, Optional, Set
 
 from service.settings import Settings
+from service.signals import STOP_SIGNALS, accept_stop_signals, defer_stop_signals
 
 EXIT_STARTUP = 3  # the model or the port is unusable: fix the config, do not retry
 EXIT_WORKER_DIED = 1
+STARTED = "started"  # stop signals are held back from here on: safe to signal
 READY = "ready"
 # Beyond drain + grace, workers get this long to exit before being killed.
 STOP_MARGIN_SECONDS = 5.0
@@ -36,6 +40,8 @@ STOP_MARGIN_SECONDS = 5.0
 
 def worker_main(settings: Settings, conn: mpc.Connection) -> None:
     """Entry point of a worker process."""
+    defer_stop_signals()
+    conn.send(STARTED)
     from service.logs import configure  # here: keeps the parent light
     from service.server import StartupError, run_worker
 
@@ -52,6 +58,7 @@ class Supervisor:
         self.settings = settings
         self.workers: Dict[int, BaseProcess] = {}  # by sentinel
         self.pipes: Dict[Any, BaseProcess] = {}  # parent end of each worker's pipe
+        self.started: Set[int] = set()  # pids that reported STARTED: safe to signal
         self.ready: Set[int] = set()  # pids that reported READY
         self.stopping = False
         self.exit_code = 0
@@ -62,10 +69,11 @@ class Supervisor:
         wake_w.setblocking(False)
         # Signals only write a byte to wake_w; the loop below reacts to it.
         previous_fd = signal.set_wakeup_fd(wake_w.fileno())
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in STOP_SIGNALS:
             signal.signal(signum, lambda *_: None)
         try:
             self._spawn_all()
+            accept_stop_signals()  # held back by api.py until the handlers above were set
             self._loop(wake_r)
         finally:
             signal.set_wakeup_fd(previous_fd)
@@ -113,7 +121,11 @@ class Supervisor:
         except EOFError:  # the worker exited; its sentinel tells how
             del self.pipes[conn]
             return
-        if message == READY:
+        if message == STARTED:
+            self.started.add(process.pid or 0)
+            if self.stopping:  # the stop came before the worker could take it
+                self._signal(process)
+        elif message == READY:
             self.ready.add(process.pid or 0)
         elif not self.stopping:  # a start-up error: report the first one only
             print(f"error: {message}", file=sys.stderr)
@@ -137,8 +149,12 @@ class Supervisor:
     def _stop_all(self) -> None:
         self.stopping = True
         for process in self.workers.values():
-            if process.pid is not None and process.exitcode is None:
-                os.kill(process.pid, signal.SIGTERM)
+            if process.pid in self.started:  # the others are signalled on STARTED
+                self._signal(process)
+
+    def _signal(self, process: BaseProcess) -> None:
+        if process.pid is not None and process.exitcode is None:
+            os.kill(process.pid, signal.SIGTERM)
 
     def _kill_all(self) -> None:
         print("error: workers did not stop in time; killing them", file=sys.stderr)

@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from service import create_app
+from service.app import create_app
 from service.settings import Settings
 from tests.datasets import model_file, public_test_csv
 

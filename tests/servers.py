@@ -117,15 +117,31 @@ async def wait_exit(proc: subprocess.Popen[str]) -> int:
     return proc.returncode
 
 
-def worker_pids(proc: subprocess.Popen[str]) -> List[int]:
-    """The supervisor's worker processes (not multiprocessing's resource tracker)."""
+def spawned_workers(proc: subprocess.Popen[str]) -> List[int]:
+    """The supervisor's worker processes so far (not multiprocessing's resource tracker)."""
     children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
     if not children.exists():
         pytest.skip("needs Linux /proc/<pid>/task/<pid>/children to find the workers")
-    pids = [
-        int(pid)
-        for pid in children.read_text().split()
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    pids = []
+    for pid in children.read_text().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                pids.append(int(pid))
+        except FileNotFoundError:  # a child that exited since the listing
+            continue
+    return pids
+
+
+def worker_pids(proc: subprocess.Popen[str]) -> List[int]:
+    pids = spawned_workers(proc)
     assert len(pids) == 2, pids
     return pids
+
+
+async def wait_children(proc: subprocess.Popen[str], count: int) -> None:
+    """Until the supervisor has started `count` workers (started, not yet ready)."""
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while len(spawned_workers(proc)) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "workers not started in time"
+        await asyncio.sleep(0.005)

@@ -114,7 +114,7 @@ async def test_a_cancelled_request_is_left_out(executor: ThreadPoolExecutor) -> 
 
 
 async def test_service_batches_concurrent_requests(aiohttp_client: AiohttpClient, settings: Settings) -> None:
-    from service import create_app
+    from service.app import create_app
 
     client = await aiohttp_client(create_app(settings))
     titles = [f"Caneca personalizada {i}" for i in range(20)]
@@ -136,7 +136,7 @@ async def test_service_batches_concurrent_requests(aiohttp_client: AiohttpClient
 async def test_batching_can_be_turned_off(aiohttp_client: AiohttpClient, settings: Settings) -> None:
     import dataclasses
 
-    from service import create_app
+    from service.app import create_app
 
     client = await aiohttp_client(create_app(dataclasses.replace(settings, batch_max_products=0)))
     response = await client.post("/v1/categorize", json={"products": [{"title": "Caneca"}]})

@@ -14,7 +14,18 @@ import aiohttp
 import pytest
 
 from tests.datasets import ROOT
-from tests.servers import STOP_TIMEOUT_SECONDS, Launcher, api_env, wait_exit, wait_ready, worker_pids
+from tests.servers import (
+    STOP_TIMEOUT_SECONDS,
+    Launcher,
+    api_env,
+    wait_children,
+    wait_exit,
+    wait_ready,
+    worker_pids,
+)
+
+# Early in start-up: the interpreter is still importing, the model not loaded yet.
+START_SIGNAL_DELAY_SECONDS = 0.2
 
 
 def run_api(env: Dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -144,4 +155,20 @@ async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> Non
     _, stderr = proc.communicate()
     assert code == 1
     assert f"worker {workers[0]} exited unexpectedly" in stderr
+    assert "Traceback" not in stderr
+
+
+@pytest.mark.parametrize("workers", ["2", "1"])
+async def test_sigterm_while_starting_is_a_clean_stop(launcher: Launcher, workers: str) -> None:
+    # An orchestrator may stop a service that is still loading its model (a rollout
+    # cancelled, a node drained): that is a graceful stop, not a crash.
+    proc = launcher.spawn(WORKERS=workers, DRAIN_SECONDS="0", GRACE_SECONDS="1")
+    if workers == "2":
+        await wait_children(proc, 2)  # the workers exist but are still importing
+    else:
+        await asyncio.sleep(START_SIGNAL_DELAY_SECONDS)
+    proc.send_signal(signal.SIGTERM)
+    code = await wait_exit(proc)
+    _, stderr = proc.communicate()
+    assert code == 0, stderr
     assert "Traceback" not in stderr

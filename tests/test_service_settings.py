@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from service.settings import Settings, SettingsError, default_workers
+from tests.datasets import ROOT
 
 
 def test_defaults() -> None:
@@ -55,3 +59,14 @@ def test_access_log_flag(flag: str, rate: float) -> None:
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=f"^invalid {name}={value!r}: expected"):
         Settings.from_env({name: value})
+
+
+def test_reading_settings_imports_nothing_heavy() -> None:
+    # api.py reads the settings (and blocks stop signals) before anything slow: a bad
+    # setting fails at once, and a stop during start-up can be held back early.
+    code = "import sys, api; print(sorted(set(sys.argv[1:]) & set(sys.modules)))"
+    heavy = ["aiohttp", "onnxruntime", "numpy"]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *heavy], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
