@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
-import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from categorizer.features import FeatureSpec
 from categorizer.model import Model, from_weights
-from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model
+from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model, split_weight_table
 
 # Metadata keys other languages read; part of the file's contract.
 LABELS_KEY = "labels"
@@ -64,6 +63,6 @@ def load_reference(path: Path) -> Model:
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
-    table = weights[WEIGHTS].astype(np.float64)
+    idf, coef = split_weight_table(weights[WEIGHTS])
     labels = json.loads(meta[LABELS_KEY])
-    return from_weights(spec, table[:, 0], table[:, 1:].T, weights[INTERCEPT], labels)
+    return from_weights(spec, idf, coef, weights[INTERCEPT], labels)

@@ -14,8 +14,13 @@ and exact in both worlds:
   client sends none), so tags speak the same vocabulary as titles;
 * the normalised *stream* of a text is ``" " + "".join(w + " " for w in words)``;
   character n-grams are taken over that stream (so they see word edges);
-* word n-grams use words cut to ``max_word_chars`` characters, because the
-  graph builds words by doubling concatenations a fixed number of times.
+* word n-grams use words cut to ``max_word_chars`` characters;
+* an n-gram is named by its *fingerprint*: a polynomial hash of its code
+  points modulo 2**28, written as four 7-bit ASCII characters. The graph
+  computes fingerprints with integer arithmetic, never building a string per
+  n-gram, and hands MurmurHash3 the same four bytes scikit-learn hashes.
+  Word n-grams start with the code WORD_MARK, which no folded text contains,
+  so a word and a character n-gram share a name only by a hash collision.
 """
 
 from __future__ import annotations
@@ -36,11 +41,19 @@ FOLD_BLOCKS: Tuple[Tuple[int, int], ...] = (
     (0x2000, 0x206F),
 )
 
-# Word n-grams are prefixed so that they never share a name (and so a hashed
-# bucket) with a character n-gram: "|" folds to a space, so no character
-# n-gram can contain it. Character n-grams, by far the most numerous, carry
-# no prefix: the graph saves a string concatenation per feature.
-WORD_PREFIX = "w|"
+# Fingerprints are taken modulo 2**28: four 7-bit bytes, so that the name is an
+# ASCII string whose UTF-8 bytes are the int32 the graph hashes. Products of two
+# 28-bit numbers (and a 21-bit code) stay far below int64 overflow.
+FINGERPRINT_BITS = 28
+FINGERPRINT_MASK = (1 << FINGERPRINT_BITS) - 1
+# The code of a space, and of every character beyond the Basic Multilingual
+# Plane (emoji and rare scripts): one shared code keeps the graph's character
+# table to the BMP.
+SPACE = 0x20
+OTHER = 0x110000
+# First code of every word n-gram; folding turns control characters into
+# spaces, so no character n-gram contains it.
+WORD_MARK = 0x01
 
 Doc = Tuple[str, str]
 
@@ -88,8 +101,12 @@ class FeatureSpec:
     char_ngrams: Tuple[int, int] = (2, 5)
     # Word n-gram orders (bigrams catch "porta retrato", "chá de bebê").
     word_ngrams: Tuple[int, int] = (1, 2)
-    # Words are cut to 2**5 characters: the graph doubles concatenations 5 times.
+    # Words are cut to this many characters for word n-grams: longer "words" are
+    # codes or run-together text, and the graph gathers a fixed-width window.
     max_word_chars: int = 32
+    # Odd multiplier of the fingerprint polynomial (any odd number works; a
+    # large one spreads short n-grams over the 28 bits).
+    fingerprint_base: int = 1_000_003
     # Character folding table, stored rather than recomputed so that the model
     # file, not the runtime's Unicode version, decides what a character means.
     fold: Dict[str, str] = field(default_factory=default_fold_table)
@@ -97,8 +114,10 @@ class FeatureSpec:
     def __post_init__(self) -> None:
         if self.n_features <= 0 or self.n_features & (self.n_features - 1):
             raise ValueError(f"n_features must be a power of two, got {self.n_features}")
-        if self.max_word_chars & (self.max_word_chars - 1):
-            raise ValueError(f"max_word_chars must be a power of two, got {self.max_word_chars}")
+        if self.max_word_chars < 1:
+            raise ValueError(f"max_word_chars must be positive, got {self.max_word_chars}")
+        if not 0 < self.fingerprint_base <= FINGERPRINT_MASK or self.fingerprint_base % 2 == 0:
+            raise ValueError(f"fingerprint_base must be odd and below 2**28, got {self.fingerprint_base}")
         for name in ("char_ngrams", "word_ngrams"):
             low, high = getattr(self, name)
             if not 1 <= low <= high:
@@ -106,9 +125,13 @@ class FeatureSpec:
         if any(len(k) != 1 or len(v) > 1 for k, v in self.fold.items()):
             raise ValueError("fold maps single characters to at most one character")
 
-    @property
-    def doubling_steps(self) -> int:
-        return self.max_word_chars.bit_length() - 1
+    def power(self, k: int) -> int:
+        """fingerprint_base ** k modulo 2**28."""
+        return pow(self.fingerprint_base, k, 1 << FINGERPRINT_BITS)
+
+    def max_word_ngram_chars(self) -> int:
+        """Longest word n-gram fingerprinted: WORD_MARK, the words, the spaces."""
+        return self.word_ngrams[1] * (self.max_word_chars + 1)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
@@ -133,24 +156,54 @@ class FeatureSpec:
     def stream(self, words: Iterable[str]) -> str:
         return " " + "".join(word + " " for word in words)
 
+    @cached_property
+    def _powers(self) -> List[int]:
+        return [self.power(k) for k in range(max(self.char_ngrams[1], self.max_word_ngram_chars()) + 1)]
+
     def analyze(self, doc: Doc) -> List[str]:
         """Feature names of one (title, tags) pair: the HashingVectorizer analyzer."""
         title, tags = doc
         words = self.words(title + " " + tags)
-        features = _char_ngrams(self.stream(words), self.char_ngrams)
-        cut = [word[: self.max_word_chars] for word in words]
-        return features + _word_ngrams(WORD_PREFIX, cut, self.word_ngrams)
+        fingerprints = self.char_fingerprints(codes(self.stream(words)))
+        cut = [codes(word[: self.max_word_chars]) for word in words]
+        fingerprints += self.word_fingerprints(cut)
+        return [name(fp) for fp in fingerprints]
+
+    def char_fingerprints(self, stream: List[int]) -> List[int]:
+        """Fingerprint of every character n-gram of the stream's codes."""
+        low, high = self.char_ngrams
+        powers, out = self._powers, []
+        for start in range(len(stream)):
+            fp = 0
+            for n in range(1, min(high, len(stream) - start) + 1):
+                fp = (fp + stream[start + n - 1] * powers[n - 1]) & FINGERPRINT_MASK
+                if n >= low:
+                    out.append(fp)
+        return out
+
+    def word_fingerprints(self, words: List[List[int]]) -> List[int]:
+        """Fingerprint of every word n-gram: the polynomial of WORD_MARK + "w1 w2 ..."."""
+        low, high = self.word_ngrams
+        powers, out = self._powers, []
+        for start in range(len(words)):
+            fp, length = WORD_MARK, 1
+            for n in range(1, min(high, len(words) - start) + 1):
+                if n > 1:
+                    fp += SPACE * powers[length]
+                    length += 1
+                for code in words[start + n - 1]:
+                    fp = (fp + code * powers[length]) & FINGERPRINT_MASK
+                    length += 1
+                if n >= low:
+                    out.append(fp & FINGERPRINT_MASK)
+        return out
 
 
-def _char_ngrams(stream: str, orders: Tuple[int, int]) -> List[str]:
-    low, high = orders
-    return [stream[start : start + n] for n in range(low, high + 1) for start in range(len(stream) - n + 1)]
+def codes(text: str) -> List[int]:
+    """Code of each character of folded text: its code point, OTHER beyond the BMP."""
+    return [code if code < 0xD800 or 0xE000 <= code < 0x10000 else OTHER for code in map(ord, text)]
 
 
-def _word_ngrams(prefix: str, words: List[str], orders: Tuple[int, int]) -> List[str]:
-    low, high = orders
-    return [
-        prefix + " ".join(words[start : start + n])
-        for n in range(low, high + 1)
-        for start in range(len(words) - n + 1)
-    ]
+def name(fingerprint: int) -> str:
+    """The four 7-bit ASCII characters (little end first) that name a fingerprint."""
+    return "".join(chr((fingerprint >> shift) & 0x7F) for shift in (0, 7, 14, 21))

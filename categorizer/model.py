@@ -1,4 +1,4 @@
-"""Modelling: hashed features, sublinear tf-idf, SGD logistic regression."""
+"""Modelling: hashed features, tf-idf with the occurrence l2 norm, SGD logistic regression."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import SGDClassifier
 from sklearn.pipeline import Pipeline
@@ -34,12 +35,33 @@ def vectorizer(spec: FeatureSpec) -> HashingVectorizer:
     return HashingVectorizer(
         analyzer=spec.analyze,
         n_features=spec.n_features,
-        # Counts, not signed sums: tf-idf needs them, and the sublinear
-        # tf makes collisions of a few rare n-grams harmless.
+        # Counts, not signed sums: tf-idf needs them.
         alternate_sign=False,
         norm=None,
         dtype=np.float64,
     )
+
+
+class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
+    """tf-idf on raw counts, l2-normalised as if no n-gram repeated within a row.
+
+    The squared norm is the sum of idf**2 over the row's n-gram *occurrences*
+    (``sum_b count_b * idf_b**2``); it equals the ordinary l2 norm when nothing
+    repeats. It is linear in the occurrences, so the serving graph sums per
+    occurrence and never has to count repeated buckets per row: that count
+    (a sort) was the graph's largest cost. In validation it scored like
+    sublinear tf + l2 on titles and 0.002 macro-F1 lower with tags.
+    """
+
+    def __init__(self, smooth_idf: bool = True) -> None:
+        super().__init__(norm=None, use_idf=True, smooth_idf=smooth_idf, sublinear_tf=False)
+
+    def transform(self, X: sp.spmatrix, copy: bool = True) -> sp.csr_matrix:
+        counts = sp.csr_matrix(X, dtype=np.float64)
+        weighted = super().transform(counts, copy=True)
+        norms = np.sqrt(counts @ np.square(self.idf_))
+        norms[norms == 0.0] = 1.0  # an empty row stays zero, as with l2
+        return sp.csr_matrix(sp.diags(1.0 / norms) @ weighted)
 
 
 def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Doc]:
@@ -62,8 +84,9 @@ class Model:
     pipeline: Pipeline
 
     @property
-    def tfidf(self) -> TfidfTransformer:
-        return self.pipeline.named_steps["tfidf"]
+    def tfidf(self) -> OccurrenceTfidf:
+        step: OccurrenceTfidf = self.pipeline.named_steps["tfidf"]
+        return step
 
     @property
     def classifier(self) -> SGDClassifier:
@@ -91,7 +114,7 @@ def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
         class_weight=config.class_weight,
         random_state=RANDOM_STATE,
     )
-    tfidf = TfidfTransformer(sublinear_tf=True, norm="l2", smooth_idf=True)
+    tfidf = OccurrenceTfidf(smooth_idf=True)
     return Pipeline([("hashing", vectorizer(spec)), ("tfidf", tfidf), ("sgd", classifier)])
 
 

@@ -1,18 +1,19 @@
 """The ONNX realisation of :class:`~categorizer.features.FeatureSpec`, plus the
 linear model on top of it.
 
-Raw strings in, label and probabilities out. Everything is kept *flat*: the
-characters of all rows form one 1-D tensor with a parallel tensor of row ids,
-so no step costs more than linear time in the batch's characters (a dense
-``[N, n_features]`` tensor, or a pairwise ``[T, T]`` comparison, would not).
+Raw strings in, label and probabilities out. Everything after the character
+table is integer arithmetic on *flat* tensors: the codes of all rows form one
+1-D tensor with a parallel tensor of row ids, so no step costs more than
+linear time in the batch's characters (a dense ``[N, n_features]`` tensor, or
+a pairwise ``[T, T]`` comparison, would not).
 
-Pipeline: title + " " + tags -> Tokenizer (character mode) -> fold table
-(LabelEncoder) -> flatten, drop pads and deleted marks, collapse runs of
-spaces -> character n-grams by chained StringConcat; words by doubling
-concatenations inside each word -> word n-grams -> MurmurHash3 -> bucket ->
-exact per-row counts of repeated buckets (sort) -> sublinear tf x idf -> l2
-norm -> gather coefficient rows -> scatter-add per row -> one-vs-rest
-sigmoids normalised by their sum.
+Pipeline: title + " " + tags -> Tokenizer (character mode) -> code table
+(LabelEncoder: fold, code point) -> flatten, drop pads and deleted marks,
+collapse runs of spaces -> character n-gram fingerprints by shifted
+multiply-adds; word fingerprints from a fixed-width window per word ->
+word n-gram fingerprints -> 7-bit bytes -> MurmurHash3 -> bucket -> gather
+(idf, coefficients) per n-gram -> per-row sums (scatter-add) -> occurrence
+l2 norm -> one-vs-rest sigmoids normalised by their sum.
 """
 
 from __future__ import annotations
@@ -24,25 +25,28 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from categorizer.features import WORD_PREFIX, FeatureSpec
+from categorizer.features import FINGERPRINT_MASK, OTHER, SPACE, WORD_MARK, FeatureSpec
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
 OPSET = 20
 IR_VERSION = 9
-ML_OPSET = 3  # LabelEncoder with string keys and values
+ML_OPSET = 3  # LabelEncoder with string keys and int64 values
 MS_OPSET = 1  # com.microsoft: Tokenizer, MurmurHash3
 
-# LabelEncoder answers this for characters outside the fold table; it cannot be
-# a real one-character fold because it is two characters long.
-_UNFOLDED = "\x00\x00"
-_INT64_MAX = np.iinfo(np.int64).max
-# Longest shift any step takes: n-gram orders and word doubling widths stay below it.
+# Codes the character table gives besides code points: a deleted character
+# (combining mark) and the Tokenizer's padding. Both are dropped; real codes are >= 0.
+_DELETED = -1
+_PAD = -2
+# Longest shift any step takes: n-gram orders stay below it.
 _MAX_SHIFT = 64
 
-# Initializer names of the learned weights. WEIGHTS is [n_features, 1 + n_classes]
-# float32: column 0 is the bucket's idf, the others its coefficients, so one
-# gather (one cache miss per bucket) fetches all a bucket needs.
+# Initializer names of the learned weights. WEIGHTS is [n_features + 1, 1 + n_classes]
+# float64: per bucket, idf**2 then idf * coef for each class, so one gather (one
+# cache miss per n-gram) fetches all an n-gram adds to its row's sums. idf and
+# coef are float32 values, so these products are exact in float64: the sums are
+# scikit-learn's up to the order of additions. The last row is zeros: the
+# bucket of n-grams that run past their row's end.
 WEIGHTS = "weights"
 INTERCEPT = "intercept"
 
@@ -126,42 +130,54 @@ def _same_row_ahead(b: _Builder, rows: str, k: int) -> str:
     return b.op("Equal", [_shift(b, rows, k, -1), rows])
 
 
-# --- text -> flat normalised streams ------------------------------------------
+# --- text -> flat code streams ---------------------------------------------------
 
 
-def _fold(b: _Builder, chars: str, fold: Dict[str, str]) -> str:
-    keys = sorted(fold)
-    mapped = b.op(
-        "LabelEncoder",
-        [chars],
-        domain="ai.onnx.ml",
-        keys_strings=keys,
-        values_strings=[fold[k] for k in keys],
-        default_string=_UNFOLDED,
-    )
-    unfolded = b.op("Equal", [mapped, b.const(_UNFOLDED)])
-    return b.op("Where", [unfolded, chars, mapped])
+def code_table(fold: Dict[str, str]) -> Tuple[List[str], List[int]]:
+    """(character, code) for the Tokenizer's padding and every BMP character.
+
+    A character's code is the code point of its fold; SPACE for separators,
+    _DELETED for combining marks. Anything else (beyond the BMP) gets OTHER
+    as the LabelEncoder's default, as features.codes does.
+    """
+    keys, values = [""], [_PAD]
+    for point in range(0x10000):
+        if 0xD800 <= point < 0xE000:  # surrogates never reach the graph
+            continue
+        char = chr(point)
+        folded = fold.get(char, char)
+        keys.append(char)
+        values.append(ord(folded) if folded else _DELETED)
+    return keys, values
 
 
 def _stream(b: _Builder, text: str, fold: Dict[str, str]) -> _Flat:
-    """Flat ' w1 w2 ... ' streams: every row starts and ends with one space."""
+    """Flat codes of ' w1 w2 ... ' streams: every row starts and ends with one space."""
     # separators=[""] is the Tokenizer's character mode; rows are padded with "".
     chars = b.op(
         "Tokenizer", [text], domain="com.microsoft", mark=0, mincharnum=1, pad_value="", separators=[""]
     )
-    folded = _fold(b, chars, fold)
+    keys, values = code_table(fold)
+    codes = b.op(
+        "LabelEncoder",
+        [chars],
+        domain="ai.onnx.ml",
+        keys_strings=keys,
+        values_int64s=values,
+        default_int64=OTHER,
+    )
     n_rows = b.op("Slice", [b.op("Shape", [text]), b.const([0]), b.const([1])])
-    edge = b.op("Expand", [b.const([[" "]]), b.op("Concat", [n_rows, b.const([1])], axis=0)])
-    framed = b.op("Concat", [edge, folded, edge], axis=1)
+    edge = b.op("Expand", [b.const([[SPACE]]), b.op("Concat", [n_rows, b.const([1])], axis=0)])
+    framed = b.op("Concat", [edge, codes, edge], axis=1)
     row_ids = b.op("Range", [b.const(0), b.op("Squeeze", [n_rows]), b.const(1)])
     grid_rows = b.op("Expand", [b.op("Unsqueeze", [row_ids, b.const([1])]), b.op("Shape", [framed])])
     flat = _Flat(b.op("Reshape", [framed, b.const([-1])]), b.op("Reshape", [grid_rows, b.const([-1])]))
-    flat = _compress(b, flat, b.op("Not", [b.op("Equal", [flat.values, b.const("")])]))
+    flat = _compress(b, flat, b.op("GreaterOrEqual", [flat.values, b.const(0)]))
     return _collapse_spaces(b, flat)
 
 
 def _collapse_spaces(b: _Builder, flat: _Flat) -> _Flat:
-    space = b.op("Equal", [flat.values, b.const(" ")])
+    space = b.op("Equal", [flat.values, b.const(SPACE)])
     prev_space = _shift_back(b, space, False)
     prev_same_row = b.op("Equal", [_shift_back(b, flat.rows, -1), flat.rows])
     repeated = b.op("And", [space, b.op("And", [prev_space, prev_same_row])])
@@ -174,132 +190,158 @@ def _shift_back(b: _Builder, x: str, fill: object) -> str:
     return b.op("Slice", [joined, b.const([0]), b.const([-1]), b.const([0])])
 
 
-# --- streams -> feature names ---------------------------------------------------
+# --- streams -> fingerprints ------------------------------------------------------
 
 
-def _char_ngrams(b: _Builder, stream: _Flat, orders: Tuple[int, int], hasher: _Hasher) -> List[str]:
-    low, high = orders
-    grams, out = stream.values, []
+def _masked(b: _Builder, x: str) -> str:
+    """x modulo 2**28 (x >= 0)."""
+    return b.op("BitwiseAnd", [x, b.const(FINGERPRINT_MASK)])
+
+
+def _char_ngrams(b: _Builder, spec: FeatureSpec, stream: _Flat) -> List[_Family]:
+    """Fingerprints of the n-grams starting at each position, one family per order."""
+    low, high = spec.char_ngrams
+    fp, out = stream.values, []
     for n in range(1, high + 1):
         if n > 1:
-            grams = b.op("StringConcat", [grams, _shift(b, stream.values, n - 1, "")])
+            term = b.op("Mul", [_shift(b, stream.values, n - 1, 0), b.const(spec.power(n - 1))])
+            fp = _masked(b, b.op("Add", [fp, term]))
         if n >= low:
-            out.append(hasher.keys(grams, stream.rows, _same_row_ahead(b, stream.rows, n - 1)))
-    return out
-
-
-def _words(b: _Builder, stream: _Flat, steps: int) -> _Flat:
-    """Each word's first 2**steps characters, by doubling within the word.
-
-    ``ends`` marks windows that already reach the word's end (a space follows
-    inside the window), so a window only grows while it has not ended.
-    """
-    space = b.op("Equal", [stream.values, b.const(" ")])
-    pieces = stream.values
-    ends = _shift(b, space, 1, True)
-    for step in range(steps):
-        width = 2**step
-        ahead = b.op("Where", [ends, b.const(""), _shift(b, pieces, width, "")])
-        pieces = b.op("StringConcat", [pieces, ahead])
-        ends = b.op("Or", [ends, _shift(b, ends, width, True)])
-    starts = b.op("And", [b.op("Not", [space]), _shift_back(b, space, True)])
-    return _compress(b, _Flat(pieces, stream.rows), starts)
-
-
-def _word_ngrams(b: _Builder, words: _Flat, orders: Tuple[int, int], hasher: _Hasher) -> List[str]:
-    low, high = orders
-    # Few words per title: prefixing them is cheap, and keeps them apart from
-    # character n-grams, which can never contain the "|" that folding removes.
-    grams = b.op("StringConcat", [b.const(WORD_PREFIX), words.values])
-    out = []
-    for n in range(1, high + 1):
-        if n > 1:
-            spaced = b.op("StringConcat", [grams, b.const(" ")])
-            grams = b.op("StringConcat", [spaced, _shift(b, words.values, n - 1, "")])
-        if n >= low:
-            out.append(hasher.keys(grams, words.rows, _same_row_ahead(b, words.rows, n - 1)))
+            out.append(_Family(fp, stream.rows, _same_row_ahead(b, stream.rows, n - 1)))
     return out
 
 
 @dataclass(frozen=True)
-class _Hasher:
-    """Feature names -> int64 keys ``row * n_features + bucket``, as sklearn hashes them."""
+class _Family:
+    """Fingerprints of one n-gram family, their rows, and which ones are real:
+    an n-gram that runs past its row's end is scored in the zero bucket rather
+    than removed (removing costs more than the few extra gathers)."""
 
-    b: _Builder
-    n_features: int
-
-    def keys(self, names: str, rows: str, valid: str) -> str:
-        b = self.b
-        hashed = b.op("MurmurHash3", [names], domain="com.microsoft", positive=0, seed=0)
-        # abs(int32) in int64, so -2**31 maps like scikit-learn's special case.
-        wide = b.op("Cast", [hashed], to=TensorProto.INT64)
-        bucket = b.op("Mod", [b.op("Abs", [wide]), b.const(self.n_features)])
-        key = b.op("Add", [b.op("Mul", [rows, b.const(self.n_features)]), bucket])
-        return b.op("Compress", [key, valid], axis=0)
+    fps: str
+    rows: str
+    valid: str
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> str:
-    """int64 keys ``row * n_features + bucket`` of every feature of every row."""
+@dataclass(frozen=True)
+class _Words:
+    """Per word: fingerprint (WORD_MARK + its first max_word_chars codes), length, row."""
+
+    fps: str
+    lengths: str
+    rows: str
+
+
+def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
+    """Words lie between consecutive spaces of the stream; each is read through a
+    fixed window of max_word_chars codes, so its cost does not depend on its length."""
+    codes = stream.values
+    size = b.op("Shape", [codes])
+    positions = b.op("Range", [b.const(0), b.op("Squeeze", [size]), b.const(1)])
+    spaces = b.op("Compress", [positions, b.op("Equal", [codes, b.const(SPACE)])], axis=0)
+    # Between the last space of one row and the first of the next lies no word.
+    gaps = b.op("Sub", [b.op("Sub", [_shift(b, spaces, 1, 0), spaces]), b.const(1)])
+    real = b.op("Greater", [gaps, b.const(0)])
+    starts = b.op("Compress", [b.op("Add", [spaces, b.const(1)]), real], axis=0)
+    lengths = b.op("Min", [b.op("Compress", [gaps, real], axis=0), b.const(spec.max_word_chars)])
+    rows = b.op("Gather", [stream.rows, starts], axis=0)
+    offsets = b.const(list(range(spec.max_word_chars)))
+    last = b.op("Sub", [size, b.const(1)])
+    window = b.op("Min", [b.op("Add", [b.op("Unsqueeze", [starts, b.const([1])]), offsets]), last])
+    weights = b.const([spec.power(j + 1) for j in range(spec.max_word_chars)])
+    terms = _masked(b, b.op("Mul", [b.op("Gather", [codes, window], axis=0), weights]))
+    inside = b.op("Less", [offsets, b.op("Unsqueeze", [lengths, b.const([1])])])
+    summed = b.op("ReduceSum", [b.op("Where", [inside, terms, b.const(0)]), b.const([1])], keepdims=0)
+    return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows)
+
+
+def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]:
+    """poly(WORD_MARK + "w1 ... wn") = poly(... w(n-1)) + B**L * (SPACE + fp(wn) - WORD_MARK),
+    with L the length so far (see FeatureSpec.word_fingerprints)."""
+    low, high = spec.word_ngrams
+    powers = b.const([spec.power(k) for k in range(spec.max_word_ngram_chars() + 1)])
+    # Each word's fingerprint as a continuation: a space, then its codes.
+    tails = b.op("Add", [words.fps, b.const(SPACE - WORD_MARK)])
+    fp, length, out = words.fps, b.op("Add", [words.lengths, b.const(1)]), []
+    for n in range(1, high + 1):
+        if n > 1:
+            scale = b.op("Gather", [powers, length], axis=0)
+            fp = _masked(b, b.op("Add", [fp, _masked(b, b.op("Mul", [scale, _shift(b, tails, n - 1, 0)]))]))
+            ahead = _shift(b, words.lengths, n - 1, 0)
+            length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
+        if n >= low:
+            out.append(_Family(fp, words.rows, _same_row_ahead(b, words.rows, n - 1)))
+    return out
+
+
+def _buckets(b: _Builder, fps: str, n_features: int) -> str:
+    """Bucket of each fingerprint, as HashingVectorizer hashes its four-character name."""
+    name = _spread(b, fps)
+    hashed = b.op(
+        "MurmurHash3",
+        [b.op("Cast", [name], to=TensorProto.INT32)],
+        domain="com.microsoft",
+        positive=0,
+        seed=0,
+    )
+    # abs(int32) in int64, so -2**31 maps like scikit-learn's special case.
+    wide = b.op("Cast", [hashed], to=TensorProto.INT64)
+    return b.op("Mod", [b.op("Abs", [wide]), b.const(n_features)])
+
+
+def _spread(b: _Builder, fps: str) -> str:
+    """The 28 bits as four 7-bit bytes, little end first: the name's UTF-8 bytes."""
+    spread = b.op("BitwiseAnd", [fps, b.const(0x7F)])
+    for byte in (1, 2, 3):
+        bits = b.op("BitwiseAnd", [fps, b.const(0x7F << (7 * byte))])
+        spread = b.op("Add", [spread, b.op("Mul", [bits, b.const(1 << byte)])])
+    return spread
+
+
+def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
+    """(bucket, row) of every feature of every row."""
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    hasher = _Hasher(b, spec.n_features)
-    families = _char_ngrams(b, stream, spec.char_ngrams, hasher)
-    families += _word_ngrams(b, _words(b, stream, spec.doubling_steps), spec.word_ngrams, hasher)
-    return b.op("Concat", families, axis=0)
-
-
-# --- feature names -> scores ----------------------------------------------------
-
-
-def _hashed_counts(b: _Builder, key: str, n_features: int) -> Tuple[str, str, str]:
-    """(row, bucket, count) per distinct (row, bucket), sorted as scikit-learn's CSR.
-
-    Sorting the keys ``row * n_features + bucket`` groups repeats in
-    O(T log T); onnxruntime's Unique (and CumSum) were far slower.
-    """
-    n_keys = b.op("Shape", [key])
-    ordered, _ = b.ops("TopK", [key, n_keys], 2, axis=0, largest=0, sorted=1)
-    first = b.op("Not", [b.op("Equal", [ordered, _shift_back(b, ordered, -1)])])
-    starts = b.op(
-        "Compress", [b.op("Range", [b.const(0), b.op("Squeeze", [n_keys]), b.const(1)]), first], axis=0
+    families = _char_ngrams(b, spec, stream) + _word_ngrams(b, spec, _words(b, spec, stream))
+    fps, rows, valid = (
+        b.op("Concat", [getattr(f, part) for f in families], axis=0) for part in ("fps", "rows", "valid")
     )
-    ends = b.op("Slice", [b.op("Concat", [starts, n_keys], axis=0), b.const([1]), b.const([_INT64_MAX])])
-    counts = b.op("Cast", [b.op("Sub", [ends, starts])], to=TensorProto.DOUBLE)
-    keys = b.op("Compress", [ordered, first], axis=0)
-    return b.op("Div", [keys, b.const(n_features)]), b.op("Mod", [keys, b.const(n_features)]), counts
+    buckets = b.op("Where", [valid, _buckets(b, fps, spec.n_features), b.const(spec.n_features)])
+    return _Flat(buckets, rows)
 
 
-def _zeros(b: _Builder, shape: str) -> str:
-    return b.op("ConstantOfShape", [shape], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0]))
+# --- features -> scores ------------------------------------------------------------
 
 
-def _scores(b: _Builder, spec: FeatureSpec, keys: str, n_rows: str) -> str:
-    """Sublinear tf-idf, l2-normalised per row, dotted with the coefficients."""
-    rows, buckets, counts = _hashed_counts(b, keys, spec.n_features)
-    table = b.op("Cast", [b.op("Gather", [WEIGHTS, buckets], axis=0)], to=TensorProto.DOUBLE)
-    idf, coef = _split_idf(b, table)
-    tf = b.op("Add", [b.op("Log", [counts]), b.const(1.0)])
-    values = b.op("Mul", [tf, idf])
-    square = b.op("Mul", [values, values])
-    squares = b.op("ScatterElements", [_zeros(b, n_rows), rows, square], axis=0, reduction="add")
+def _scores(b: _Builder, features: _Flat, n_rows: str, n_classes: int) -> str:
+    """tf-idf with the occurrence l2 norm (see model.OccurrenceTfidf), dotted with the
+    coefficients: (sum of idf * coef over a row's n-grams) / sqrt(sum of idf**2)."""
+    weighted = b.op("Gather", [WEIGHTS, features.values], axis=0)
+    sums = _row_sums(b, weighted, features.rows, n_rows, 1 + n_classes)
+    squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
     norm = b.op("Sqrt", [squares])
     # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
-    scaled = b.op("Div", [values, b.op("Gather", [safe, rows], axis=0)])
-    contrib = b.op("Mul", [coef, b.op("Unsqueeze", [scaled, b.const([1])])])
-    grid = _zeros(b, b.op("Concat", [n_rows, b.op("Shape", [INTERCEPT])], axis=0))
-    # ScatterElements, not ScatterND: onnxruntime 1.19 parallelises ScatterND's
-    # updates, and additions to the same row race (seen as batch-dependent scores).
-    targets = b.op("Expand", [b.op("Unsqueeze", [rows, b.const([1])]), b.op("Shape", [contrib])])
-    summed = b.op("ScatterElements", [grid, targets, contrib], axis=0, reduction="add")
-    return b.op("Add", [summed, INTERCEPT])
+    return b.op("Add", [b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])]), INTERCEPT])
 
 
-def _split_idf(b: _Builder, table: str) -> Tuple[str, str]:
-    """Column 0 of the gathered weight rows (idf, as [U]) and the rest (coefficients)."""
-    idf = b.op("Squeeze", [b.op("Slice", [table, b.const([0]), b.const([1]), b.const([1])]), b.const([1])])
-    coef = b.op("Slice", [table, b.const([1]), b.const([_INT64_MAX]), b.const([1])])
-    return idf, coef
+def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> List[str]:
+    """Per-row sums of each column of `values` ([T, n_columns]), as [N] tensors.
+
+    One 1-D ScatterElements per column: onnxruntime runs ScatterElements
+    sequentially, where ScatterND's parallel additions to one row race
+    (seen as batch-dependent scores), and a 2-D scatter needs its row ids
+    expanded to [T, n_columns] first, which costs more than the scatter.
+    """
+    zeros = b.op(
+        "ConstantOfShape", [n_rows], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0])
+    )
+    columns = b.ops("Split", [values], n_columns, axis=1, num_outputs=n_columns)
+    return [
+        b.op(
+            "ScatterElements", [zeros, rows, b.op("Squeeze", [column, b.const([1])])], axis=0, reduction="add"
+        )
+        for column in columns
+    ]
 
 
 def build_model(
@@ -318,17 +360,32 @@ def build_model(
     same way for parity (model.fit does).
     """
     b = _Builder()
-    b.weight(WEIGHTS, np.column_stack([idf, np.asarray(coef).T]).astype(np.float32))
+    b.weight(WEIGHTS, weight_table(idf, coef))
     b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64))
-    feats = _features(b, spec, "title", "concatenated_tags")
-    scores = _scores(b, spec, feats, b.op("Shape", ["title"]))
+    features = _features(b, spec, "title", "concatenated_tags")
+    scores = _scores(b, features, b.op("Shape", ["title"]), len(labels))
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])
     proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])
-    best = b.op("ArgMax", [proba], axis=1, keepdims=0)
+    # The label is scikit-learn's predict: the best score, not the best probability
+    # (sigmoids saturate to equal 1.0 on long, repetitive rows).
+    best = b.op("ArgMax", [scores], axis=1, keepdims=0)
     b.nodes.append(helper.make_node("Gather", [b.const(list(labels), "labels"), best], ["label"], axis=0))
     b.nodes.append(helper.make_node("Cast", [proba], ["probabilities"], to=TensorProto.FLOAT))
     return _model(b, len(labels), metadata)
+
+
+def weight_table(idf: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """WEIGHTS from float32-valued idf [n] and coef [n_classes, n] (see WEIGHTS)."""
+    idf = np.asarray(idf, dtype=np.float64)
+    table = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
+    return np.vstack([table, np.zeros((1, table.shape[1]))])
+
+
+def split_weight_table(table: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """(idf, coef) back from WEIGHTS: exact, because the products were."""
+    idf = np.sqrt(table[:-1, 0])
+    return idf, (table[:-1, 1:] / idf[:, None]).T
 
 
 def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelProto:

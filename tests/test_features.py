@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from categorizer.features import WORD_PREFIX, FeatureSpec, default_fold_table
+from categorizer.features import FeatureSpec, default_fold_table, name
 
 SPEC = FeatureSpec()
+
+
+def named(spec: FeatureSpec, grams: list[str]) -> list[str]:
+    """Names of n-grams straight from the definition: sum of code * base**k, mod 2**28."""
+    return [name(sum(ord(ch) * spec.power(k) for k, ch in enumerate(gram)) % 2**28) for gram in grams]
 
 
 @pytest.mark.parametrize(
@@ -32,12 +37,25 @@ def test_stream_frames_words_with_single_spaces() -> None:
     assert SPEC.stream([]) == " "
 
 
-def test_analyze_joins_title_and_tags_and_prefixes_families() -> None:
+def test_analyze_joins_title_and_tags_and_marks_word_ngrams() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2))
     features = spec.analyze(("Ab", "c"))
     chars = [" a", "ab", "b ", " c", "c "]
-    words = [f"{WORD_PREFIX}{w}" for w in ("ab", "c", "ab c")]
-    assert features == chars + words
+    words = ["\x01ab", "\x01c", "\x01ab c"]
+    assert sorted(features) == sorted(named(spec, chars + words))  # a bag: order is free
+
+
+def test_names_are_four_ascii_characters_of_seven_bits() -> None:
+    # HashingVectorizer hashes a name's UTF-8 bytes; the graph hashes the same four
+    # bytes as an int32, so every byte must be ASCII.
+    assert name(0) == "\x00" * 4
+    assert name(2**28 - 1) == "\x7f" * 4
+    assert name(1 + (2 << 7) + (3 << 14) + (4 << 21)).encode() == bytes([1, 2, 3, 4])
+
+
+def test_characters_beyond_the_bmp_share_one_code() -> None:
+    assert SPEC.analyze(("😀 caneca", "")) == SPEC.analyze(("🎉 caneca", ""))
+    assert SPEC.analyze(("中 caneca", "")) != SPEC.analyze(("文 caneca", ""))
 
 
 def test_analyze_is_empty_for_text_without_words() -> None:
@@ -45,8 +63,9 @@ def test_analyze_is_empty_for_text_without_words() -> None:
 
 
 def test_word_ngrams_use_words_cut_to_max_word_chars() -> None:
-    spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 1), max_word_chars=4)
-    assert spec.analyze(("abcdefg", ""))[-1] == f"{WORD_PREFIX}abcd"
+    spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2), max_word_chars=4)
+    words = spec.analyze(("abcdefg xyz", ""))[-3:]
+    assert sorted(words) == sorted(named(spec, ["\x01abcd", "\x01xyz", "\x01abcd xyz"]))
 
 
 def test_fold_table_maps_single_characters() -> None:
@@ -68,7 +87,9 @@ def test_spec_round_trips_through_json() -> None:
     "kwargs",
     [
         {"n_features": 1000},
-        {"max_word_chars": 30},
+        {"max_word_chars": 0},
+        {"fingerprint_base": 2},
+        {"fingerprint_base": 2**28 + 1},
         {"char_ngrams": (3, 2)},
         {"word_ngrams": (0, 1)},
         {"fold": {"ab": "c"}},
