@@ -207,28 +207,28 @@ def _char_ngrams(b: _Builder, spec: FeatureSpec, stream: _Flat) -> List[_Family]
             term = b.op("Mul", [_shift(b, stream.values, n - 1, 0), b.const(spec.power(n - 1))])
             fp = _masked(b, b.op("Add", [fp, term]))
         if n >= low:
-            out.append(_Family(fp, stream.rows, _same_row_ahead(b, stream.rows, n - 1)))
+            out.append(_Family(fp, _same_row_ahead(b, stream.rows, n - 1)))
     return out
 
 
 @dataclass(frozen=True)
 class _Family:
-    """Fingerprints of one n-gram family, their rows, and which ones are real:
-    an n-gram that runs past its row's end is scored in the zero bucket rather
-    than removed (removing costs more than the few extra gathers)."""
+    """Fingerprints of one n-gram family and which ones are real: an n-gram that
+    runs past its row's end is scored in the zero bucket rather than removed."""
 
     fps: str
-    rows: str
     valid: str
 
 
 @dataclass(frozen=True)
 class _Words:
-    """Per word: fingerprint (WORD_MARK + its first max_word_chars codes), length, row."""
+    """Per word: fingerprint (WORD_MARK + its first max_word_chars codes), length,
+    row, and the stream position of its first character."""
 
     fps: str
     lengths: str
     rows: str
+    starts: str
 
 
 def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
@@ -251,7 +251,7 @@ def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
     terms = _masked(b, b.op("Mul", [b.op("Gather", [codes, window], axis=0), weights]))
     inside = b.op("Less", [offsets, b.op("Unsqueeze", [lengths, b.const([1])])])
     summed = b.op("ReduceSum", [b.op("Where", [inside, terms, b.const(0)]), b.const([1])], keepdims=0)
-    return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows)
+    return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows, starts)
 
 
 def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]:
@@ -269,7 +269,7 @@ def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]
             ahead = _shift(b, words.lengths, n - 1, 0)
             length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
         if n >= low:
-            out.append(_Family(fp, words.rows, _same_row_ahead(b, words.rows, n - 1)))
+            out.append(_Family(fp, _same_row_ahead(b, words.rows, n - 1)))
     return out
 
 
@@ -297,26 +297,59 @@ def _spread(b: _Builder, fps: str) -> str:
     return spread
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
-    """(bucket, row) of every feature of every row."""
+@dataclass(frozen=True)
+class _Positions:
+    """Per n-gram family, the bucket of the n-gram starting at each of the S stream
+    positions (a word n-gram at its first character; the zero bucket where none
+    starts), and each position's row."""
+
+    buckets: List[str]
+    rows: str
+
+
+def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Positions:
+    """Buckets of every n-gram, by stream position.
+
+    Summing a position's n-grams first, then scattering one sum per position
+    into its row, costs a fraction of scattering every n-gram.
+    """
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    families = _char_ngrams(b, spec, stream) + _word_ngrams(b, spec, _words(b, spec, stream))
-    fps, rows, valid = (
-        b.op("Concat", [getattr(f, part) for f in families], axis=0) for part in ("fps", "rows", "valid")
-    )
-    buckets = b.op("Where", [valid, _buckets(b, fps, spec.n_features), b.const(spec.n_features)])
-    return _Flat(buckets, rows)
+    chars = _bucket_grid(b, spec, _char_ngrams(b, spec, stream))
+    words = _words(b, spec, stream)
+    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words))
+    # Each word n-gram moves to its first word's stream position; starts are
+    # distinct, so the scatter writes every cell at most once.
+    shape = b.op("Concat", [b.op("Shape", [grams], end=1), b.op("Shape", [stream.values])], axis=0)
+    empty = b.op("Expand", [b.const(spec.n_features), shape])
+    at = b.op("Expand", [b.op("Unsqueeze", [words.starts, b.const([0])]), b.op("Shape", [grams])])
+    placed = b.op("ScatterElements", [empty, at, grams], axis=1)
+    n_families = sum(high - low + 1 for low, high in (spec.char_ngrams, spec.word_ngrams))
+    grid = b.op("Concat", [chars, placed], axis=0)
+    rows = b.ops("Split", [grid], n_families, axis=0, num_outputs=n_families)
+    return _Positions([b.op("Squeeze", [row, b.const([0])]) for row in rows], stream.rows)
+
+
+def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family]) -> str:
+    """[len(families), L] buckets; the zero bucket (n_features) where not valid."""
+
+    def stack(parts: List[str]) -> str:
+        return b.op("Concat", [b.op("Unsqueeze", [part, b.const([0])]) for part in parts], axis=0)
+
+    fps, valid = stack([f.fps for f in families]), stack([f.valid for f in families])
+    return b.op("Where", [valid, _buckets(b, fps, spec.n_features), b.const(spec.n_features)])
 
 
 # --- features -> scores ------------------------------------------------------------
 
 
-def _scores(b: _Builder, features: _Flat, n_rows: str, n_classes: int) -> str:
+def _scores(b: _Builder, features: _Positions, n_rows: str, n_classes: int) -> str:
     """tf-idf with the occurrence l2 norm (see model.OccurrenceTfidf), dotted with the
     coefficients: (sum of idf * coef over a row's n-grams) / sqrt(sum of idf**2)."""
-    weighted = b.op("Gather", [WEIGHTS, features.values], axis=0)
-    sums = _row_sums(b, weighted, features.rows, n_rows, 1 + n_classes)
+    # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
+    weighted = [b.op("Gather", [WEIGHTS, buckets], axis=0) for buckets in features.buckets]
+    per_position = b.op("Sum", weighted)
+    sums = _row_sums(b, per_position, features.rows, n_rows, 1 + n_classes)
     squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
     norm = b.op("Sqrt", [squares])
     # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
