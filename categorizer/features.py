@@ -93,8 +93,8 @@ class FeatureSpec:
     """Everything that turns (title, tags) into hashed feature names."""
 
     # Width of the hashed feature space. 2**18 scored as well as 2**19 and 2**20
-    # in validation, and keeps the float32 weight table (idf + six classes) at
-    # 7.3 MB: a smaller file, and fewer cache misses when the graph gathers rows.
+    # in validation, and keeps the graph's weight table (seven float64 columns) at
+    # 15 MB: a smaller file, and fewer cache misses when the graph gathers rows.
     n_features: int = 2**18
     # Character n-gram orders over the stream (spelling variants, plurals,
     # word stems); they carried most of the macro-F1 in validation.

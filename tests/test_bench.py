@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from bench import load, payloads, wrk
+from bench import anchor, load, payloads, run, wrk
 from tests.conftest import Client
 from tests.datasets import ROOT
 
@@ -61,3 +61,31 @@ def test_bench_quick_run_writes_results(tmp_path: Path, model_path: str) -> None
     assert data["ceiling"]
     assert data["startup_seconds"] > 0
     assert "req/s" in result.stdout
+
+
+def test_anchor_serves_the_same_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("flask")
+    dataset = tmp_path / "listings.csv"
+    rows = (
+        ["title,category"]
+        + [f"caneca {i},Decoração" for i in range(6)]
+        + [f"body {i},Bebê" for i in range(6)]
+    )
+    dataset.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    monkeypatch.setenv("DATASET_PATH", str(dataset))
+    client = anchor.create_app(anchor.load_or_train(tmp_path / "anchor.pkl")).test_client()
+    response = client.post("/v1/categorize", json={"products": [{"title": "caneca azul"}, {"title": "body"}]})
+    assert response.status_code == 200
+    assert response.get_json() == {"categories": ["Decoração", "Bebê"]}
+    assert client.get("/healthz").status_code == 200
+
+
+def test_ratios_take_the_faster_of_the_measured_and_the_quoted_anchor() -> None:
+    quoted = run.ANCHOR_REQ_PER_S[100]
+    service = {"titles": 100, "connections": 32, "req_per_s": 1000.0}
+    faster = [{"titles": 100, "connections": 32, "req_per_s": quoted * 2}]
+    slower = [{"titles": 100, "connections": 32, "req_per_s": quoted / 2}]
+    assert run._vs_anchor(service, faster) == round(1000.0 / (quoted * 2), 2)
+    assert run._vs_anchor(service, slower) == round(1000.0 / quoted, 2)
+    # A measurement at other settings is never used.
+    assert run._vs_anchor({**service, "connections": 8}, faster) == round(1000.0 / quoted, 2)
