@@ -51,6 +51,9 @@ FINGERPRINT_MASK = (1 << FINGERPRINT_BITS) - 1
 # table to the BMP.
 SPACE = 0x20
 OTHER = 0x110000
+# Highest n-gram order: the graph reads an n-gram through shifts of n - 1 places
+# of one padded copy, which is that long.
+MAX_NGRAM_ORDER = 64
 # First code of every word n-gram; folding turns control characters into
 # spaces, so no character n-gram contains it.
 WORD_MARK = 0x01
@@ -120,10 +123,12 @@ class FeatureSpec:
             raise ValueError(f"fingerprint_base must be odd and below 2**28, got {self.fingerprint_base}")
         for name in ("char_ngrams", "word_ngrams"):
             low, high = getattr(self, name)
-            if not 1 <= low <= high:
-                raise ValueError(f"{name} must be 1 <= low <= high, got {(low, high)}")
+            if not 1 <= low <= high <= MAX_NGRAM_ORDER:
+                raise ValueError(f"{name} must be 1 <= low <= high <= {MAX_NGRAM_ORDER}, got {(low, high)}")
         if any(len(k) != 1 or len(v) > 1 for k, v in self.fold.items()):
             raise ValueError("fold maps single characters to at most one character")
+        if any(codes(k + v) != [ord(c) for c in k + v] for k, v in self.fold.items()):
+            raise ValueError("fold maps characters of the Basic Multilingual Plane only (no surrogates)")
 
     def power(self, k: int) -> int:
         """fingerprint_base ** k modulo 2**28."""

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from categorizer.features import FINGERPRINT_MASK, OTHER, SPACE, WORD_MARK, FeatureSpec
+from categorizer.features import FINGERPRINT_MASK, MAX_NGRAM_ORDER, OTHER, SPACE, WORD_MARK, FeatureSpec
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -38,8 +38,8 @@ MS_OPSET = 1  # com.microsoft: Tokenizer, MurmurHash3
 # (combining mark) and the Tokenizer's padding. Both are dropped; real codes are >= 0.
 _DELETED = -1
 _PAD = -2
-# Longest shift any step takes: n-gram orders stay below it.
-_MAX_SHIFT = 64
+# Longest shift any step takes: n - 1 for an n-gram.
+_MAX_SHIFT = MAX_NGRAM_ORDER - 1
 
 # Initializer names of the learned weights. WEIGHTS is [n_features + 1, 1 + n_classes]
 # float64: per bucket, idf**2 then idf * coef for each class, so one gather (one
@@ -395,8 +395,13 @@ def build_model(
     b = _Builder()
     b.weight(WEIGHTS, weight_table(idf, coef))
     b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64))
-    features = _features(b, spec, "title", "concatenated_tags")
-    scores = _scores(b, features, b.op("Shape", ["title"]), len(labels))
+    # One empty row more: for an empty batch the Tokenizer answers a 1-D tensor that
+    # the rest of the graph cannot take (onnxruntime aborted the process). The extra
+    # row's score is dropped below; an empty batch gets empty outputs.
+    title, tags = (b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags"))
+    features = _features(b, spec, title, tags)
+    padded = _scores(b, features, b.op("Shape", [title]), len(labels))
+    scores = b.op("Slice", [padded, b.const([0]), b.op("Shape", ["title"]), b.const([0])])
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])
     proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])

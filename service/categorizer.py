@@ -46,7 +46,7 @@ class Categorizer:
     def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
         """One category per title; tags[i] is "" when the product has none."""
         if len(titles) <= SUB_BATCH_ROWS:
-            return self._run(titles, tags) if titles else []  # the graph fails on N=0
+            return self._run(titles, tags) if titles else []  # nothing to run
         order = sorted(range(len(titles)), key=lambda i: len(titles[i]) + len(tags[i]))
         categories = [""] * len(titles)
         for start in range(0, len(order), SUB_BATCH_ROWS):
@@ -59,9 +59,10 @@ class Categorizer:
     def _run(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
         # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
         # Python 3.9 is 1.19) keeps a reference to every str of an object input,
-        # leaking all request text (microsoft/onnxruntime#22271). numpy drops
-        # trailing NULs from such strings; NUL folds to a space, so no feature changes.
-        feeds = {INPUT_TITLE: np.array(titles, dtype=np.str_), INPUT_TAGS: np.array(tags, dtype=np.str_)}
+        # leaking all request text (microsoft/onnxruntime#22271). But onnxruntime
+        # reads each np.str_ element as a C string, so a NUL would end it there:
+        # NULs become the space the feature spec folds them to anyway.
+        feeds = {INPUT_TITLE: _fixed_width(titles), INPUT_TAGS: _fixed_width(tags)}
         labels: List[str] = self._session.run([OUTPUT_LABEL], feeds)[0].tolist()
         return labels
 
@@ -74,6 +75,10 @@ class Categorizer:
             raise ModelError(f"model {path!r} fails on a sample input: {_one_line(exc)}") from None
         if len(got) != 1 or got[0] not in self.labels:
             raise ModelError(f"model {path!r} answered {got!r}, not one of its labels")
+
+
+def _fixed_width(texts: Sequence[str]) -> np.ndarray:
+    return np.array([text.replace("\x00", " ") if "\x00" in text else text for text in texts], dtype=np.str_)
 
 
 def _session_options() -> ort.SessionOptions:

@@ -93,6 +93,9 @@ def test_spec_round_trips_through_json() -> None:
         {"char_ngrams": (3, 2)},
         {"word_ngrams": (0, 1)},
         {"fold": {"ab": "c"}},
+        {"fold": {"q": "😀"}},  # the graph's character table holds the BMP only
+        {"fold": {"😀": " "}},
+        {"char_ngrams": (1, 65)},
     ],
 )
 def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object]) -> None:

@@ -168,6 +168,15 @@ def test_random_model_matches_sklearn_on_generated_text(name: str, rows: List[Tu
     assert_parity(RANDOM_MODELS[name], RANDOM_SESSIONS[name], [t for t, _ in rows], [g for _, g in rows])
 
 
+@pytest.mark.parametrize("name", sorted(SPECS))
+def test_an_empty_batch_gets_empty_outputs(name: str) -> None:
+    # It once aborted the whole process (a 1-D Tokenizer output), in any language.
+    empty = np.array([], dtype=object)
+    labels, proba = RANDOM_SESSIONS[name].run(None, {"title": empty, "concatenated_tags": empty})
+    assert labels.shape == (0,)
+    assert proba.shape == (0, len(RANDOM_MODELS[name].labels))
+
+
 def test_rows_without_features_score_the_intercept() -> None:
     model = RANDOM_MODELS["default"]
     _, proba = onnx_predict(RANDOM_SESSIONS["default"], ["", "!!!", " "], ["", "", "..."])

@@ -44,3 +44,13 @@ def test_corrupt_model_is_a_model_error(tmp_path: Path) -> None:
     with pytest.raises(ModelError) as info:
         Categorizer.load(str(path))
     assert "\n" not in str(info.value)
+
+
+def test_nul_characters_count_as_the_space_they_fold_to(model: Categorizer) -> None:
+    # A NUL inside a string once cut it short on its way into onnxruntime: the
+    # text after it was silently ignored. JSON allows "\u0000", so clients can send it.
+    titles = ["\x00Fralda de pano bebê kit", "Kit\x00 Lembrancinha Chá de Bebê", "caneca\x00\x00azul\x00"]
+    tags = ["", "batizado\x00menino", "\x00"]
+    spaced = [t.replace("\x00", " ") for t in titles]
+    assert model.predict(titles, tags) == model.predict(spaced, [t.replace("\x00", " ") for t in tags])
+    assert model.predict(titles[:1], [""]) == model.predict(["Fralda de pano bebê kit"], [""])
