@@ -25,6 +25,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import aiohttp
 import pytest
 
+from service.handlers import INLINE_MAX_CHARS
 from tests.servers import STOP_TIMEOUT_SECONDS, FileLauncher, wait_exit, wait_ready, worker_pids
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
@@ -72,11 +73,11 @@ def body_of(products: List[Dict[str, str]]) -> bytes:
 
 
 # (body, expected status, products): small batches run on the event loop, the big one
-# (over service.handlers.INLINE_MAX_CHARS) on the model thread; one invalid body.
+# (twice service.handlers.INLINE_MAX_CHARS) on the model thread; one invalid body.
 SOAK_MIX: List[Tuple[bytes, int, int]] = [
     (body_of([product(0)]), 200, 1),
     (body_of([product(i) for i in range(5)]), 200, 5),
-    (body_of([product(i, 400) for i in range(20)]), 200, 20),
+    (body_of([product(i, 2 * INLINE_MAX_CHARS // 20) for i in range(20)]), 200, 20),
     (b'{"products": [{"title": "   "}]}', 400, 0),
     (body_of([product(3)]), 200, 1),
 ]
