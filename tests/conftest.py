@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import socket
 from typing import Awaitable, Callable, Dict, List, Tuple
 
 import onnxruntime as ort
@@ -15,6 +14,7 @@ from aiohttp.test_utils import TestClient
 from service.app import create_app
 from service.settings import Settings
 from tests.datasets import model_file, public_test_csv
+from tests.servers import unused_port
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
@@ -47,10 +47,7 @@ async def client(aiohttp_client: AiohttpClient, settings: Settings) -> Client:
 
 @pytest.fixture
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    return unused_port()
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -18,6 +19,14 @@ from tests.datasets import ROOT
 # Generous: only bounds how long a broken server can hang the test run.
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
+
+
+def unused_port() -> int:
+    """A local TCP port nothing listens on now (the OS may hand it out again later)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def api_env(**overrides: str) -> Dict[str, str]:

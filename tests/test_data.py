@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.server
-import socket
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -88,13 +87,10 @@ def test_load_downloads_a_missing_file(tmp_path: Path, http_root: tuple[str, Pat
     assert not list(dest.parent.glob("tmp*")), "the partial download was left behind"
 
 
-def test_download_fails_clearly_when_unreachable(tmp_path: Path) -> None:
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+def test_download_fails_clearly_when_unreachable(tmp_path: Path, free_port: int) -> None:
     dest = tmp_path / "elo7.csv"
     with pytest.raises(data.DatasetError, match=r"could not download.*offline"):
-        data.download(f"http://127.0.0.1:{port}/elo7.csv", dest, timeout=5)
+        data.download(f"http://127.0.0.1:{free_port}/elo7.csv", dest, timeout=5)
     assert not dest.exists()
 
 

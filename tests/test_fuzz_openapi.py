@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -20,8 +19,8 @@ from typing import Any, Dict, Iterator
 
 import pytest
 
-from tests.datasets import ROOT, model_file
-from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, api_env
+from tests.datasets import model_file
+from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, Launcher, unused_port
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis not installed (in requirements/dev.txt)"
@@ -57,25 +56,12 @@ def wait_ready_sync(proc: subprocess.Popen[str], base: str) -> None:
 
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = api_env(MODEL_PATH=str(model_file()), PORT=str(port), WORKERS="1", DRAIN_SECONDS="0")
-    env["LOG_LEVEL"] = "CRITICAL"  # 5xx are caught by status; keep the pipe quiet
-    proc = subprocess.Popen(
-        [sys.executable, "api.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    launcher = Launcher(str(model_file()), unused_port())
+    # LOG_LEVEL: 5xx are caught by status; keep the pipes quiet.
+    proc = launcher.spawn(WORKERS="1", DRAIN_SECONDS="0", LOG_LEVEL="CRITICAL")
     try:
-        wait_ready_sync(proc, base)
-        yield base
+        wait_ready_sync(proc, launcher.base)
+        yield launcher.base
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
