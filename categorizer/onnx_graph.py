@@ -94,7 +94,7 @@ def _dtype_of(value: object) -> type:
 
 @dataclass(frozen=True)
 class _Flat:
-    """A flat string tensor and the batch row each element belongs to."""
+    """A flat tensor (characters, then their codes) and the batch row of each element."""
 
     values: str
     rows: str
@@ -315,19 +315,21 @@ def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Positio
     """
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    chars = _bucket_grid(b, spec, _char_ngrams(b, spec, stream))
+    char_families = _char_ngrams(b, spec, stream)
+    chars = _bucket_grid(b, spec, char_families)
     words = _words(b, spec, stream)
-    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words))
+    word_families = _word_ngrams(b, spec, words)
+    grams = _bucket_grid(b, spec, word_families)
     # Each word n-gram moves to its first word's stream position; starts are
     # distinct, so the scatter writes every cell at most once.
     shape = b.op("Concat", [b.op("Shape", [grams], end=1), b.op("Shape", [stream.values])], axis=0)
     empty = b.op("Expand", [b.const(spec.n_features), shape])
     at = b.op("Expand", [b.op("Unsqueeze", [words.starts, b.const([0])]), b.op("Shape", [grams])])
     placed = b.op("ScatterElements", [empty, at, grams], axis=1)
-    n_families = sum(high - low + 1 for low, high in (spec.char_ngrams, spec.word_ngrams))
+    n_families = len(char_families) + len(word_families)
     grid = b.op("Concat", [chars, placed], axis=0)
-    rows = b.ops("Split", [grid], n_families, axis=0, num_outputs=n_families)
-    return _Positions([b.op("Squeeze", [row, b.const([0])]) for row in rows], stream.rows)
+    families = b.ops("Split", [grid], n_families, axis=0, num_outputs=n_families)
+    return _Positions([b.op("Squeeze", [family, b.const([0])]) for family in families], stream.rows)
 
 
 def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family]) -> str:
