@@ -15,6 +15,9 @@ and exact in both worlds:
 * the normalised *stream* of a text is ``" " + "".join(w + " " for w in words)``;
   character n-grams are taken over that stream (so they see word edges);
 * word n-grams use words cut to ``max_word_chars`` characters;
+* character n-grams hash into the lower half of the feature space and word
+  n-grams into the upper half (two blocks), so that each block can be
+  l2-normalised on its own (see model.OccurrenceTfidf);
 * an n-gram is named by its *fingerprint*: a polynomial hash of its code
   points modulo 2**28, written as four 7-bit ASCII characters. The graph
   computes fingerprints with integer arithmetic, never building a string per
@@ -95,9 +98,10 @@ def default_fold_table() -> Dict[str, str]:
 class FeatureSpec:
     """Everything that turns (title, tags) into hashed feature names."""
 
-    # Width of the hashed feature space. 2**18 scored as well as 2**19 and 2**20
-    # in validation, and keeps the graph's weight table (seven float64 columns) at
-    # 15 MB: a smaller file, and fewer cache misses when the graph gathers rows.
+    # Width of the hashed feature space, both blocks together. 2**18 scored as
+    # well as 2**19 and 2**20 in validation, and keeps the graph's weight table
+    # (seven float64 columns) at 15 MB: a smaller file, and fewer cache misses
+    # when the graph gathers rows.
     n_features: int = 2**18
     # Character n-gram orders over the stream (spelling variants, plurals,
     # word stems); they carried most of the macro-F1 in validation.
@@ -115,8 +119,8 @@ class FeatureSpec:
     fold: Dict[str, str] = field(default_factory=default_fold_table)
 
     def __post_init__(self) -> None:
-        if self.n_features <= 0 or self.n_features & (self.n_features - 1):
-            raise ValueError(f"n_features must be a power of two, got {self.n_features}")
+        if self.n_features < 2 or self.n_features & (self.n_features - 1):
+            raise ValueError(f"n_features must be a power of two, at least 2, got {self.n_features}")
         if self.max_word_chars < 1:
             raise ValueError(f"max_word_chars must be positive, got {self.max_word_chars}")
         if not 0 < self.fingerprint_base <= FINGERPRINT_MASK or self.fingerprint_base % 2 == 0:
@@ -165,14 +169,24 @@ class FeatureSpec:
     def _powers(self) -> List[int]:
         return [self.power(k) for k in range(max(self.char_ngrams[1], self.max_word_ngram_chars()) + 1)]
 
-    def analyze(self, doc: Doc) -> List[str]:
-        """Feature names of one (title, tags) pair: the HashingVectorizer analyzer."""
+    @property
+    def block_width(self) -> int:
+        """Buckets per block: characters in [0, width), words in [width, n_features)."""
+        return self.n_features // 2
+
+    def analyze_chars(self, doc: Doc) -> List[str]:
+        """Character n-gram names of one (title, tags) pair: the first block's analyzer."""
+        stream = codes(self.stream(self._doc_words(doc)))
+        return [name(fp) for fp in self.char_fingerprints(stream)]
+
+    def analyze_words(self, doc: Doc) -> List[str]:
+        """Word n-gram names of one (title, tags) pair: the second block's analyzer."""
+        cut = [codes(word[: self.max_word_chars]) for word in self._doc_words(doc)]
+        return [name(fp) for fp in self.word_fingerprints(cut)]
+
+    def _doc_words(self, doc: Doc) -> List[str]:
         title, tags = doc
-        words = self.words(title + " " + tags)
-        fingerprints = self.char_fingerprints(codes(self.stream(words)))
-        cut = [codes(word[: self.max_word_chars]) for word in words]
-        fingerprints += self.word_fingerprints(cut)
-        return [name(fp) for fp in fingerprints]
+        return self.words(title + " " + tags)
 
     def char_fingerprints(self, stream: List[int]) -> List[int]:
         """Fingerprint of every character n-gram of the stream's codes."""

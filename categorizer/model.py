@@ -1,16 +1,16 @@
-"""Modelling: hashed features, tf-idf with the occurrence l2 norm, SGD logistic regression."""
+"""Modelling: hashed features, tf-idf with occurrence l2 norms per block, SGD logistic regression."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import SGDClassifier
-from sklearn.pipeline import Pipeline
+from sklearn.pipeline import FeatureUnion, Pipeline
 
 from categorizer.features import Doc, FeatureSpec
 
@@ -30,11 +30,18 @@ class TrainConfig:
     class_weight: Optional[str] = "balanced"
 
 
-def vectorizer(spec: FeatureSpec) -> HashingVectorizer:
-    """The scikit-learn realisation of `spec` (the ONNX one is onnx_graph)."""
+def vectorizer(spec: FeatureSpec) -> FeatureUnion:
+    """The scikit-learn realisation of `spec` (the ONNX one is onnx_graph): the
+    character block's buckets, then the word block's."""
+    return FeatureUnion(
+        [("chars", _hashing(spec.analyze_chars, spec)), ("words", _hashing(spec.analyze_words, spec))]
+    )
+
+
+def _hashing(analyzer: Callable[[Doc], List[str]], spec: FeatureSpec) -> HashingVectorizer:
     return HashingVectorizer(
-        analyzer=spec.analyze,
-        n_features=spec.n_features,
+        analyzer=analyzer,
+        n_features=spec.block_width,
         # Counts, not signed sums: tf-idf needs them.
         alternate_sign=False,
         norm=None,
@@ -43,25 +50,41 @@ def vectorizer(spec: FeatureSpec) -> HashingVectorizer:
 
 
 class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
-    """tf-idf on raw counts, l2-normalised as if no n-gram repeated within a row.
+    """tf-idf on raw counts, each block l2-normalised as if no n-gram repeated within a row.
 
-    The squared norm is the sum of idf**2 over the row's n-gram *occurrences*
-    (``sum_b count_b * idf_b**2``); it equals the ordinary l2 norm when nothing
-    repeats. It is linear in the occurrences, so the serving graph sums per
-    occurrence and never has to count repeated buckets per row: that count
-    (a sort) was the graph's largest cost. In validation it scored like
-    sublinear tf + l2 on titles and 0.002 macro-F1 lower with tags.
+    A block's squared norm is the sum of idf**2 over the row's n-gram
+    *occurrences* in it (``sum_b count_b * idf_b**2``); it equals the ordinary
+    l2 norm when nothing repeats. It is linear in the occurrences, so the
+    serving graph sums per occurrence and never has to count repeated buckets
+    per row: that count (a sort) was the graph's largest cost. In validation
+    it scored like sublinear tf + l2 on titles and 0.002 macro-F1 lower with
+    tags.
+
+    Normalising the character and word blocks each on its own (columns below
+    and from `block_width`) keeps the many character n-grams of a row from
+    drowning its few words. In 5-fold grouped validation it added 0.002
+    macro-F1 on titles and 0.005 with tags over one norm for both.
     """
 
-    def __init__(self, smooth_idf: bool = True) -> None:
+    def __init__(self, block_width: int, smooth_idf: bool = True) -> None:
         super().__init__(norm=None, use_idf=True, smooth_idf=smooth_idf, sublinear_tf=False)
+        self.block_width = block_width
 
     def transform(self, X: sp.spmatrix, copy: bool = True) -> sp.csr_matrix:
         counts = sp.csr_matrix(X, dtype=np.float64)
-        weighted = super().transform(counts, copy=True)
-        norms = np.sqrt(counts @ np.square(self.idf_))
-        norms[norms == 0.0] = 1.0  # an empty row stays zero, as with l2
-        return sp.csr_matrix(sp.diags(1.0 / norms) @ weighted)
+        weighted = sp.csr_matrix(super().transform(counts, copy=True))
+        rows, blocks = self._cells(counts)
+        squares = np.zeros((counts.shape[0], 2))
+        np.add.at(squares, (rows, blocks), counts.data * np.square(self.idf_)[counts.indices])
+        norms = np.sqrt(squares)
+        norms[norms == 0.0] = 1.0  # an empty block stays zero, as with l2
+        weighted.data = weighted.data / norms[self._cells(weighted)]
+        return weighted
+
+    def _cells(self, matrix: sp.csr_matrix) -> Tuple[np.ndarray, np.ndarray]:
+        """(row, block) of each stored value: block 0 for characters, 1 for words."""
+        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+        return rows, (matrix.indices >= self.block_width).astype(np.intp)
 
 
 def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Doc]:
@@ -114,7 +137,7 @@ def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
         class_weight=config.class_weight,
         random_state=RANDOM_STATE,
     )
-    tfidf = OccurrenceTfidf(smooth_idf=True)
+    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True)
     return Pipeline([("hashing", vectorizer(spec)), ("tfidf", tfidf), ("sgd", classifier)])
 
 

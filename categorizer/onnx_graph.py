@@ -11,9 +11,10 @@ Pipeline: title + " " + tags -> Tokenizer (character mode) -> code table
 (LabelEncoder: fold, code point) -> flatten, drop pads and deleted marks,
 collapse runs of spaces -> character n-gram fingerprints by shifted
 multiply-adds; word fingerprints from a fixed-width window per word ->
-word n-gram fingerprints -> 7-bit bytes -> MurmurHash3 -> bucket -> gather
-(idf, coefficients) per n-gram -> per-row sums (scatter-add) -> occurrence
-l2 norm -> one-vs-rest sigmoids normalised by their sum.
+word n-gram fingerprints -> 7-bit bytes -> MurmurHash3 -> bucket in its
+block (characters, words) -> gather (idf, coefficients) per n-gram -> per-row
+sums per block (scatter-add) -> occurrence l2 norm per block -> one-vs-rest
+sigmoids normalised by their sum.
 """
 
 from __future__ import annotations
@@ -222,13 +223,12 @@ class _Family:
 
 @dataclass(frozen=True)
 class _Words:
-    """Per word: fingerprint (WORD_MARK + its first max_word_chars codes), length,
-    row, and the stream position of its first character."""
+    """Per word: fingerprint (WORD_MARK + its first max_word_chars codes), length
+    and row."""
 
     fps: str
     lengths: str
     rows: str
-    starts: str
 
 
 def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
@@ -251,7 +251,7 @@ def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
     terms = _masked(b, b.op("Mul", [b.op("Gather", [codes, window], axis=0), weights]))
     inside = b.op("Less", [offsets, b.op("Unsqueeze", [lengths, b.const([1])])])
     summed = b.op("ReduceSum", [b.op("Where", [inside, terms, b.const(0)]), b.const([1])], keepdims=0)
-    return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows, starts)
+    return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows)
 
 
 def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]:
@@ -273,8 +273,9 @@ def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]
     return out
 
 
-def _buckets(b: _Builder, fps: str, n_features: int) -> str:
-    """Bucket of each fingerprint, as HashingVectorizer hashes its four-character name."""
+def _buckets(b: _Builder, fps: str, width: int) -> str:
+    """Bucket of each fingerprint within its block, as HashingVectorizer hashes its
+    four-character name."""
     name = _spread(b, fps)
     hashed = b.op(
         "MurmurHash3",
@@ -285,7 +286,7 @@ def _buckets(b: _Builder, fps: str, n_features: int) -> str:
     )
     # abs(int32) in int64, so -2**31 maps like scikit-learn's special case.
     wide = b.op("Cast", [hashed], to=TensorProto.INT64)
-    return b.op("Mod", [b.op("Abs", [wide]), b.const(n_features)])
+    return b.op("Mod", [b.op("Abs", [wide]), b.const(width)])
 
 
 def _spread(b: _Builder, fps: str) -> str:
@@ -298,74 +299,69 @@ def _spread(b: _Builder, fps: str) -> str:
 
 
 @dataclass(frozen=True)
-class _Positions:
-    """Per n-gram family, the bucket of the n-gram starting at each of the S stream
-    positions (a word n-gram at its first character; the zero bucket where none
-    starts), and each position's row."""
+class _Block:
+    """One block's n-grams: per family, the bucket of the n-gram at each of P
+    places (stream positions for characters, words for word n-grams; the zero
+    bucket where none is real), and each place's row."""
 
     buckets: List[str]
     rows: str
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Positions:
-    """Buckets of every n-gram, by stream position.
-
-    Summing a position's n-grams first, then scattering one sum per position
-    into its row, costs a fraction of scattering every n-gram.
-    """
+def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> Tuple[_Block, _Block]:
+    """Buckets of every n-gram: the character block's, then the word block's."""
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    char_families = _char_ngrams(b, spec, stream)
-    chars = _bucket_grid(b, spec, char_families)
+    chars = _bucket_grid(b, spec, _char_ngrams(b, spec, stream), offset=0)
     words = _words(b, spec, stream)
-    word_families = _word_ngrams(b, spec, words)
-    grams = _bucket_grid(b, spec, word_families)
-    # Each word n-gram moves to its first word's stream position; starts are
-    # distinct, so the scatter writes every cell at most once.
-    shape = b.op("Concat", [b.op("Shape", [grams], end=1), b.op("Shape", [stream.values])], axis=0)
-    empty = b.op("Expand", [b.const(spec.n_features), shape])
-    at = b.op("Expand", [b.op("Unsqueeze", [words.starts, b.const([0])]), b.op("Shape", [grams])])
-    placed = b.op("ScatterElements", [empty, at, grams], axis=1)
-    n_families = len(char_families) + len(word_families)
-    grid = b.op("Concat", [chars, placed], axis=0)
-    families = b.ops("Split", [grid], n_families, axis=0, num_outputs=n_families)
-    return _Positions([b.op("Squeeze", [family, b.const([0])]) for family in families], stream.rows)
+    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words), offset=spec.block_width)
+    return _Block(chars, stream.rows), _Block(grams, words.rows)
 
 
-def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family]) -> str:
-    """[len(families), L] buckets; the zero bucket (n_features) where not valid."""
+def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family], offset: int) -> List[str]:
+    """Per family, the table row of each n-gram: offset + its bucket, or the zero
+    row (n_features) where not valid. Hashed as one stacked tensor: fewer nodes."""
 
     def stack(parts: List[str]) -> str:
         return b.op("Concat", [b.op("Unsqueeze", [part, b.const([0])]) for part in parts], axis=0)
 
     fps, valid = stack([f.fps for f in families]), stack([f.valid for f in families])
-    return b.op("Where", [valid, _buckets(b, fps, spec.n_features), b.const(spec.n_features)])
+    buckets = b.op("Add", [_buckets(b, fps, spec.block_width), b.const(offset)])
+    grid = b.op("Where", [valid, buckets, b.const(spec.n_features)])
+    split = b.ops("Split", [grid], len(families), axis=0, num_outputs=len(families))
+    return [b.op("Squeeze", [family, b.const([0])]) for family in split]
 
 
 # --- features -> scores ------------------------------------------------------------
 
 
-def _scores(b: _Builder, features: _Positions, n_rows: str, n_classes: int) -> str:
-    """tf-idf with the occurrence l2 norm (see model.OccurrenceTfidf), dotted with the
-    coefficients: (sum of idf * coef over a row's n-grams) / sqrt(sum of idf**2)."""
+def _scores(b: _Builder, blocks: Sequence[_Block], n_rows: str, n_classes: int) -> str:
+    """tf-idf with an occurrence l2 norm per block (see model.OccurrenceTfidf), dotted
+    with the coefficients: per block, (sum of idf * coef over a row's n-grams) /
+    sqrt(sum of idf**2), then the blocks' sum plus the intercept."""
+    parts = [_block_scores(b, block, n_rows, n_classes) for block in blocks]
+    return b.op("Add", [b.op("Sum", parts), INTERCEPT])
+
+
+def _block_scores(b: _Builder, block: _Block, n_rows: str, n_classes: int) -> str:
     # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
-    weighted = [b.op("Gather", [WEIGHTS, buckets], axis=0) for buckets in features.buckets]
-    per_position = b.op("Sum", weighted)
-    sums = _row_sums(b, per_position, features.rows, n_rows, 1 + n_classes)
+    weighted = [b.op("Gather", [WEIGHTS, buckets], axis=0) for buckets in block.buckets]
+    per_place = b.op("Sum", weighted)
+    sums = _row_sums(b, per_place, block.rows, n_rows, 1 + n_classes)
     squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
     norm = b.op("Sqrt", [squares])
-    # scikit-learn leaves an all-zero row at zero; dividing it by 1 does the same.
+    # scikit-learn leaves an all-zero block at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
-    return b.op("Add", [b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])]), INTERCEPT])
+    return b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])])
 
 
 def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> List[str]:
-    """Per-row sums of each column of `values` ([T, n_columns]), as [N] tensors.
+    """Per-row sums of each column of `values` ([P, n_columns]), as [N] tensors.
 
     One 1-D ScatterElements per column: onnxruntime runs ScatterElements
     sequentially, where ScatterND's parallel additions to one row race
     (seen as batch-dependent scores), and a 2-D scatter needs its row ids
-    expanded to [T, n_columns] first, which costs more than the scatter.
+    expanded to [P, n_columns] first, which costs more than the scatter.
     """
     zeros = b.op(
         "ConstantOfShape", [n_rows], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0])
@@ -401,8 +397,8 @@ def build_model(
     # the rest of the graph cannot take (onnxruntime aborted the process). The extra
     # row's score is dropped below; an empty batch gets empty outputs.
     title, tags = (b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags"))
-    features = _features(b, spec, title, tags)
-    padded = _scores(b, features, b.op("Shape", [title]), len(labels))
+    blocks = _features(b, spec, title, tags)
+    padded = _scores(b, blocks, b.op("Shape", [title]), len(labels))
     scores = b.op("Slice", [padded, b.const([0]), b.op("Shape", ["title"]), b.const([0])])
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])

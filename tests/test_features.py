@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from categorizer.features import FeatureSpec, default_fold_table, name
+from categorizer.features import Doc, FeatureSpec, default_fold_table, name
 
 SPEC = FeatureSpec()
 
@@ -37,12 +37,21 @@ def test_stream_frames_words_with_single_spaces() -> None:
     assert SPEC.stream([]) == " "
 
 
-def test_analyze_joins_title_and_tags_and_marks_word_ngrams() -> None:
+def analyze(spec: FeatureSpec, doc: Doc) -> list[str]:
+    return spec.analyze_chars(doc) + spec.analyze_words(doc)
+
+
+def test_analyzers_join_title_and_tags_and_mark_word_ngrams() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2))
-    features = spec.analyze(("Ab", "c"))
     chars = [" a", "ab", "b ", " c", "c "]
     words = ["\x01ab", "\x01c", "\x01ab c"]
-    assert sorted(features) == sorted(named(spec, chars + words))  # a bag: order is free
+    # Bags: order is free.
+    assert sorted(spec.analyze_chars(("Ab", "c"))) == sorted(named(spec, chars))
+    assert sorted(spec.analyze_words(("Ab", "c"))) == sorted(named(spec, words))
+
+
+def test_blocks_split_the_feature_space_in_halves() -> None:
+    assert FeatureSpec(n_features=2**10).block_width == 2**9
 
 
 def test_names_are_four_ascii_characters_of_seven_bits() -> None:
@@ -54,17 +63,17 @@ def test_names_are_four_ascii_characters_of_seven_bits() -> None:
 
 
 def test_characters_beyond_the_bmp_share_one_code() -> None:
-    assert SPEC.analyze(("😀 caneca", "")) == SPEC.analyze(("🎉 caneca", ""))
-    assert SPEC.analyze(("中 caneca", "")) != SPEC.analyze(("文 caneca", ""))
+    assert analyze(SPEC, ("😀 caneca", "")) == analyze(SPEC, ("🎉 caneca", ""))
+    assert analyze(SPEC, ("中 caneca", "")) != analyze(SPEC, ("文 caneca", ""))
 
 
-def test_analyze_is_empty_for_text_without_words() -> None:
-    assert SPEC.analyze(("...", "")) == []
+def test_analyzers_are_empty_for_text_without_words() -> None:
+    assert analyze(SPEC, ("...", "")) == []
 
 
 def test_word_ngrams_use_words_cut_to_max_word_chars() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2), max_word_chars=4)
-    words = spec.analyze(("abcdefg xyz", ""))[-3:]
+    words = spec.analyze_words(("abcdefg xyz", ""))
     assert sorted(words) == sorted(named(spec, ["\x01abcd", "\x01xyz", "\x01abcd xyz"]))
 
 
@@ -87,6 +96,7 @@ def test_spec_round_trips_through_json() -> None:
     "kwargs",
     [
         {"n_features": 1000},
+        {"n_features": 1},  # two blocks need two buckets
         {"max_word_chars": 0},
         {"fingerprint_base": 2},
         {"fingerprint_base": 2**28 + 1},
