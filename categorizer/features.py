@@ -1,8 +1,9 @@
 """The one definition of the model's features.
 
-A :class:`FeatureSpec` is plain data. It is realised twice: here, as the
-analyzer that scikit-learn's ``HashingVectorizer`` calls during training, and
-in :mod:`categorizer.onnx_graph`, as the ONNX graph that serves the model. The
+A :class:`FeatureSpec` is plain data. It is realised twice: here, as the two
+analyzers (character n-grams, word n-grams) that two scikit-learn
+``HashingVectorizer`` objects call during training, and in
+:mod:`categorizer.onnx_graph`, as the ONNX graph that serves the model. The
 parity tests pin the two together, so every rule below is chosen to be cheap
 and exact in both worlds:
 
@@ -60,6 +61,10 @@ MAX_NGRAM_ORDER = 64
 # First code of every word n-gram; folding turns control characters into
 # spaces, so no character n-gram contains it.
 WORD_MARK = 0x01
+# Version of what a spec means beyond its fields. 2: character and word n-grams
+# in separate blocks, each with its own norm. A file exported under another
+# version has the same fields but a different model, so loading it must fail.
+FORMAT_VERSION = 2
 
 Doc = Tuple[str, str]
 
@@ -117,8 +122,15 @@ class FeatureSpec:
     # Character folding table, stored rather than recomputed so that the model
     # file, not the runtime's Unicode version, decides what a character means.
     fold: Dict[str, str] = field(default_factory=default_fold_table)
+    # FORMAT_VERSION when written; checked when read back from a model file.
+    format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
+        if self.format_version != FORMAT_VERSION:
+            raise ValueError(
+                f"format_version {self.format_version} is not supported: this code realises "
+                f"version {FORMAT_VERSION}; retrain the model with it"
+            )
         if self.n_features < 2 or self.n_features & (self.n_features - 1):
             raise ValueError(f"n_features must be a power of two, at least 2, got {self.n_features}")
         if self.max_word_chars < 1:
@@ -148,6 +160,8 @@ class FeatureSpec:
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
         raw = json.loads(text)
+        # Specs written before the field existed are version 1 (one block).
+        raw.setdefault("format_version", 1)
         for name in ("char_ngrams", "word_ngrams"):
             raw[name] = tuple(raw[name])
         return cls(**raw)

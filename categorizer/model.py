@@ -71,6 +71,8 @@ class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
         self.block_width = block_width
 
     def transform(self, X: sp.spmatrix, copy: bool = True) -> sp.csr_matrix:
+        if X.shape[1] != 2 * self.block_width:
+            raise ValueError(f"expected 2 blocks of {self.block_width} columns, got {X.shape[1]} columns")
         counts = sp.csr_matrix(X, dtype=np.float64)
         weighted = sp.csr_matrix(super().transform(counts, copy=True))
         rows, blocks = self._cells(counts)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from categorizer.features import Doc, FeatureSpec, default_fold_table, name
@@ -50,10 +52,6 @@ def test_analyzers_join_title_and_tags_and_mark_word_ngrams() -> None:
     assert sorted(spec.analyze_words(("Ab", "c"))) == sorted(named(spec, words))
 
 
-def test_blocks_split_the_feature_space_in_halves() -> None:
-    assert FeatureSpec(n_features=2**10).block_width == 2**9
-
-
 def test_names_are_four_ascii_characters_of_seven_bits() -> None:
     # HashingVectorizer hashes a name's UTF-8 bytes; the graph hashes the same four
     # bytes as an int32, so every byte must be ASCII.
@@ -92,6 +90,14 @@ def test_spec_round_trips_through_json() -> None:
     assert FeatureSpec.from_json(spec.to_json()) == spec
 
 
+def test_specs_written_before_format_versions_are_refused() -> None:
+    # Such a file holds a one-block model; its fields alone would pass for ours.
+    raw = json.loads(SPEC.to_json())
+    del raw["format_version"]
+    with pytest.raises(ValueError, match="format_version 1 is not supported"):
+        FeatureSpec.from_json(json.dumps(raw))
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
@@ -106,6 +112,7 @@ def test_spec_round_trips_through_json() -> None:
         {"fold": {"q": "😀"}},  # the graph's character table holds the BMP only
         {"fold": {"😀": " "}},
         {"char_ngrams": (1, 65)},
+        {"format_version": 1},
     ],
 )
 def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object]) -> None:

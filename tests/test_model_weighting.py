@@ -1,11 +1,13 @@
-"""The tf-idf weighting the graph reproduces: occurrence l2 norms, one per block."""
+"""The scikit-learn side the graph reproduces: two blocks, an occurrence l2 norm per block."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
-from categorizer.model import OccurrenceTfidf
+from categorizer.features import FeatureSpec
+from categorizer.model import OccurrenceTfidf, vectorizer
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:
@@ -23,10 +25,26 @@ def test_each_block_is_divided_by_its_own_occurrence_norm() -> None:
     np.testing.assert_allclose(tfidf.transform(counts).toarray(), expected, rtol=1e-15)
 
 
-def test_an_empty_block_stays_zero_and_leaves_the_other_alone() -> None:
+def test_an_empty_block_stays_zero() -> None:
     tfidf = fitted([1.0, 2.0, 3.0, 4.0], block_width=2)
-    counts = sp.csr_matrix([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
-    np.testing.assert_allclose(tfidf.transform(counts).toarray(), [[0.0, 0.0, 1.0, 0.0], [0.0] * 4])
+    counts = sp.csr_matrix([[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0] * 4])
+    expected = [[0.0, 0.0, 1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0] * 4]
+    np.testing.assert_allclose(tfidf.transform(counts).toarray(), expected)
+
+
+def test_a_matrix_of_another_width_is_refused() -> None:
+    with pytest.raises(ValueError, match="2 blocks of 2 columns"):
+        fitted([1.0, 2.0, 3.0], block_width=2).transform(sp.csr_matrix([[1.0, 0.0, 0.0]]))
+
+
+def test_vectorizer_puts_characters_then_words() -> None:
+    spec = FeatureSpec(n_features=2**10, char_ngrams=(2, 3), word_ngrams=(1, 2))
+    doc = ("kit chá de bebê", "menino")
+    counts = vectorizer(spec).transform([doc])
+    width = spec.block_width
+    assert counts.shape == (1, spec.n_features)
+    assert counts[:, :width].sum() == len(spec.analyze_chars(doc)) == 45  # 23 bigrams, 22 trigrams
+    assert counts[:, width:].sum() == len(spec.analyze_words(doc)) == 9  # 5 words, 4 pairs
 
 
 def test_without_repeats_a_block_has_unit_l2_norm() -> None:

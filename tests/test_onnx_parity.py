@@ -1,4 +1,4 @@
-"""The ONNX graph and the scikit-learn analyzer are one feature spec: pin them together.
+"""The ONNX graph and the scikit-learn analyzers are one feature spec: pin them together.
 
 Two kinds of model are checked: the committed artifact (against the scikit-learn
 twin rebuilt from its own weights and spec), and small graphs with random
