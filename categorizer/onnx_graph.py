@@ -26,7 +26,15 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from categorizer.features import FINGERPRINT_MASK, MAX_NGRAM_ORDER, OTHER, SPACE, WORD_MARK, FeatureSpec
+from categorizer.features import (
+    FINGERPRINT_MASK,
+    MAX_NGRAM_ORDER,
+    OTHER,
+    SKIP_MARK,
+    SPACE,
+    WORD_MARK,
+    FeatureSpec,
+)
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -270,6 +278,12 @@ def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]
             length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
         if n >= low:
             out.append(_Family(fp, _same_row_ahead(b, words.rows, n - 1)))
+    if spec.skip_bigrams:
+        # poly(SKIP_MARK + "w1 w3"): the first word with its mark swapped, then w3 as a tail.
+        scale = b.op("Gather", [powers, b.op("Add", [words.lengths, b.const(1)])], axis=0)
+        first = b.op("Add", [words.fps, b.const(SKIP_MARK - WORD_MARK)])
+        fp = _masked(b, b.op("Add", [first, _masked(b, b.op("Mul", [scale, _shift(b, tails, 2, 0)]))]))
+        out.append(_Family(fp, _same_row_ahead(b, words.rows, 2)))
     return out
 
 

@@ -52,6 +52,15 @@ def test_analyzers_join_title_and_tags_and_mark_word_ngrams() -> None:
     assert sorted(spec.analyze_words(("Ab", "c"))) == sorted(named(spec, words))
 
 
+def test_skip_bigrams_pair_words_one_apart_under_their_own_mark() -> None:
+    doc = ("kit chá bebê azul", "")
+    plain = FeatureSpec(word_ngrams=(1, 1), skip_bigrams=False)
+    words = named(plain, ["\x01kit", "\x01cha", "\x01bebe", "\x01azul"])
+    skips = named(plain, ["\x02kit bebe", "\x02cha azul"])
+    assert sorted(FeatureSpec(word_ngrams=(1, 1)).analyze_words(doc)) == sorted([*words, *skips])
+    assert plain.analyze_words(doc) == words
+
+
 def test_names_are_four_ascii_characters_of_seven_bits() -> None:
     # HashingVectorizer hashes a name's UTF-8 bytes; the graph hashes the same four
     # bytes as an int32, so every byte must be ASCII.

@@ -44,7 +44,7 @@ def test_vectorizer_puts_characters_then_words() -> None:
     width = spec.block_width
     assert counts.shape == (1, spec.n_features)
     assert counts[:, :width].sum() == len(spec.analyze_chars(doc)) == 45  # 23 bigrams, 22 trigrams
-    assert counts[:, width:].sum() == len(spec.analyze_words(doc)) == 9  # 5 words, 4 pairs
+    assert counts[:, width:].sum() == len(spec.analyze_words(doc)) == 12  # 5 words, 4 pairs, 3 skips
 
 
 def test_without_repeats_a_block_has_unit_l2_norm() -> None:

@@ -145,6 +145,7 @@ SPECS = {
     "default": FeatureSpec(n_features=2**12),
     "tiny_words": FeatureSpec(n_features=2**8, char_ngrams=(1, 3), word_ngrams=(1, 3), max_word_chars=4),
     "single_orders": FeatureSpec(n_features=2**16, char_ngrams=(4, 4), word_ngrams=(2, 2), max_word_chars=1),
+    "no_skips": FeatureSpec(n_features=2**10, word_ngrams=(1, 1), max_word_chars=3, skip_bigrams=False),
 }
 RANDOM_MODELS = {name: random_model(spec, seed) for seed, (name, spec) in enumerate(SPECS.items())}
 RANDOM_SESSIONS = {name: session_for(model) for name, model in RANDOM_MODELS.items()}
