@@ -15,6 +15,7 @@ def clean(frame: pd.DataFrame) -> pd.DataFrame:
     out = frame.copy()
     out["title"] = _squash(out["title"])
     out["concatenated_tags"] = _squash(out["concatenated_tags"])
+    out["query"] = _squash(out["query"])
     return out[out["title"] != ""].reset_index(drop=True)
 
 
@@ -55,3 +56,17 @@ def leakage_groups(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:
 def deduplicate(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per distinct (title, tags, category): search repeats add no signal."""
     return frame.drop_duplicates(["title", "concatenated_tags", "category"]).reset_index(drop=True)
+
+
+def query_shares(frame: pd.DataFrame) -> pd.DataFrame:
+    """One row per (query, category) the searches showed: the share of the query's rows.
+
+    A search query is a short text a user typed for what they wanted, and the
+    categories of the products it showed say what that was. It is only known
+    while training (clients send titles), so it can teach the title-only view
+    words it would not otherwise see, but never be a feature.
+    """
+    searched = frame[frame["query"] != ""]
+    counts = searched.groupby(["query", "category"]).size().rename("rows").reset_index()
+    counts["share"] = counts["rows"] / counts.groupby("query")["rows"].transform("sum")
+    return counts[["query", "category", "share"]]

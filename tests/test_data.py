@@ -106,11 +106,34 @@ def test_sha256_of_a_file(tmp_path: Path) -> None:
     assert data.sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
 
 
-def test_clean_squashes_whitespace_and_fills_missing_tags() -> None:
-    frame = pd.DataFrame({"title": ["  a \t b ", None, "c"], "concatenated_tags": [None, "x", " y  z "]})
+def test_clean_squashes_whitespace_and_fills_missing_tags_and_queries() -> None:
+    frame = pd.DataFrame(
+        {
+            "title": ["  a \t b ", None, "c"],
+            "concatenated_tags": [None, "x", " y  z "],
+            "query": [" q  r", "s", None],
+        }
+    )
     cleaned = prepare.clean(frame)
     assert cleaned["title"].tolist() == ["a b", "c"]
     assert cleaned["concatenated_tags"].tolist() == ["", "y z"]
+    assert cleaned["query"].tolist() == ["q r", ""]
+
+
+def test_query_shares_split_each_query_by_the_categories_it_showed() -> None:
+    frame = pd.DataFrame(
+        {
+            "query": ["caneca", "caneca", "caneca", "", "", "body"],
+            "category": ["Decoração", "Decoração", "Bebê", "Bebê", "Bebê", "Bebê"],
+        }
+    )
+    shares = prepare.query_shares(frame)
+    # Rows without a query teach nothing; each query's shares sum to one.
+    assert sorted(zip(shares["query"], shares["category"], shares["share"].round(4))) == [
+        ("body", "Bebê", 1.0),
+        ("caneca", "Bebê", 0.3333),
+        ("caneca", "Decoração", 0.6667),
+    ]
 
 
 def test_leakage_groups_link_products_and_normalised_titles() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.model import OccurrenceTfidf, vectorizer
+from categorizer.model import OccurrenceTfidf, training_examples, vectorizer
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:
@@ -55,3 +56,25 @@ def test_without_repeats_a_block_has_unit_l2_norm() -> None:
     for block in (weighted[:, :4], weighted[:, 4:]):
         norms = np.linalg.norm(block, axis=1)
         np.testing.assert_allclose(norms[norms > 0], 1.0)
+
+
+def test_training_examples_are_both_views_then_weighted_queries() -> None:
+    rows = pd.DataFrame(
+        {
+            "title": ["Caneca", "Caneca", "Body"],
+            "concatenated_tags": ["azul", "azul", ""],
+            "query": ["caneca", "xicara", "caneca"],
+            "category": ["Decoração", "Decoração", "Bebê"],
+        }
+    )
+    batch, target, weights = training_examples(rows, query_weight=0.5)
+    # A product shown by two searches is one example per view.
+    assert batch[:4] == [("Caneca", ""), ("Body", ""), ("Caneca", "azul"), ("Body", "")]
+    assert target[:4].tolist() == ["Decoração", "Bebê", "Decoração", "Bebê"]
+    queries = sorted(zip(batch[4:], target[4:], weights[4:]))
+    assert queries == [
+        (("caneca", ""), "Bebê", 0.25),
+        (("caneca", ""), "Decoração", 0.25),
+        (("xicara", ""), "Decoração", 0.5),
+    ]
+    assert weights[:4].tolist() == [1.0] * 4
