@@ -76,7 +76,7 @@ class Server:
         """The first ready worker answers /readyz; keep-alive connections opened before
         the others listen would all stay on it, so wait for every worker's listener."""
         while time.perf_counter() < deadline:
-            listening = _listening_inodes(self.port)
+            listening = listening_inodes(self.port)
             pids = self.worker_pids()
             if all(_socket_inodes(pid) & listening for pid in pids):
                 return
@@ -133,7 +133,8 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _listening_inodes(port: int) -> Set[str]:
+def listening_inodes(port: int) -> Set[str]:
+    """Inodes of the sockets listening on `port`: one per worker (SO_REUSEPORT). Linux only."""
     inodes = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:

@@ -14,6 +14,7 @@ from typing import Dict, List
 import aiohttp
 import pytest
 
+from bench.procs import listening_inodes
 from tests.datasets import ROOT
 
 # Generous: only bounds how long a broken server can hang the test run.
@@ -116,6 +117,19 @@ async def wait_ready(proc: subprocess.Popen[str], base: str) -> None:
                 pass
             await asyncio.sleep(0.05)
     pytest.fail("server not ready in time")
+
+
+async def wait_listeners(proc: subprocess.Popen[str], port: int, count: int) -> None:
+    """Until `count` workers listen (each binds its own socket, SO_REUSEPORT): /readyz
+    answers as soon as the *first* one does, and connections opened before the others
+    bind all stay with that one."""
+    if not Path("/proc/net/tcp").exists():
+        pytest.skip("needs Linux /proc/net/tcp to see each worker's listener")
+    deadline = time.monotonic() + START_TIMEOUT_SECONDS
+    while len(listening_inodes(port)) < count:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{len(listening_inodes(port))} of {count} workers listening"
+        await asyncio.sleep(0.05)
 
 
 async def wait_exit(proc: subprocess.Popen[str]) -> int:

@@ -26,7 +26,14 @@ import aiohttp
 import pytest
 
 from service.handlers import INLINE_MAX_CHARS
-from tests.servers import STOP_TIMEOUT_SECONDS, FileLauncher, wait_exit, wait_ready, worker_pids
+from tests.servers import (
+    STOP_TIMEOUT_SECONDS,
+    FileLauncher,
+    wait_exit,
+    wait_listeners,
+    wait_ready,
+    worker_pids,
+)
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "8"))
 SOAK_CONCURRENCY = 64
@@ -93,8 +100,10 @@ def launcher(model_path: str, free_port: int, tmp_path: Path) -> Iterator[FileLa
 
 async def start(launcher: FileLauncher, **overrides: str) -> subprocess.Popen[str]:
     # No drain unless a test asks for one: stopping leftovers should be quick.
-    proc = launcher.spawn(**{"WORKERS": "2", "DRAIN_SECONDS": "0", "GRACE_SECONDS": "2", **overrides})
+    env = {"WORKERS": "2", "DRAIN_SECONDS": "0", "GRACE_SECONDS": "2", **overrides}
+    proc = launcher.spawn(**env)
     await wait_ready(proc, launcher.base)
+    await wait_listeners(proc, launcher.port, int(env["WORKERS"]))
     return proc
 
 
