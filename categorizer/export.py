@@ -10,7 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from categorizer.features import FeatureSpec
-from categorizer.model import Model, from_weights
+from categorizer.model import HeadWeights, Model, from_weights, weights_of
 from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model, split_weight_table
 
 # Metadata keys other languages read; part of the file's contract.
@@ -27,10 +27,7 @@ def to_onnx(model: Model, metrics: Mapping[str, Any], data_sha256: str) -> onnx.
         METRICS_KEY: json.dumps(metrics, ensure_ascii=False, sort_keys=True),
         DATA_SHA256_KEY: data_sha256,
     }
-    classifier = model.classifier
-    return build_model(
-        model.spec, model.tfidf.idf_, classifier.coef_, classifier.intercept_, model.labels, metadata
-    )
+    return build_model(model.spec, weights_of(model), model.labels, metadata)
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
@@ -63,6 +60,6 @@ def load_reference(path: Path) -> Model:
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
-    idf, coef = split_weight_table(weights[WEIGHTS])
-    labels = json.loads(meta[LABELS_KEY])
-    return from_weights(spec, idf, coef, weights[INTERCEPT], labels)
+    tables = split_weight_table(weights[WEIGHTS])
+    heads = [HeadWeights(idf, coef, intercept) for (idf, coef), intercept in zip(tables, weights[INTERCEPT])]
+    return from_weights(spec, heads, json.loads(meta[LABELS_KEY]))

@@ -1,9 +1,13 @@
-"""Modelling: hashed features, tf-idf with occurrence l2 norms per block, SGD logistic regression."""
+"""Modelling: hashed features, tf-idf with occurrence l2 norms per block, SGD logistic regression.
+
+Two heads share the features: one scores products sent without tags, the
+other products sent with them (see Model).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -34,6 +38,10 @@ class TrainConfig:
     # query is noisier than a title; 0.1 to 0.5 all added about 0.003
     # macro-F1 on titles in 5-fold grouped validation.
     query_weight: float = 0.5
+    # Weight of each product's tags alone as an example, for the tags head only.
+    # Over five grouped folds it added 0.003 macro-F1 with tags but cost 0.004
+    # on titles in a single model, hence a head of its own.
+    tags_only_weight: float = 1.0
 
 
 def vectorizer(spec: FeatureSpec) -> FeatureUnion:
@@ -107,43 +115,77 @@ def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
     return both, np.concatenate([frame["category"].to_numpy()] * 2)
 
 
-def training_examples(rows: pd.DataFrame, query_weight: float) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
+def training_examples(
+    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0
+) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
     """(docs, categories, sample weights): both views of each distinct product,
-    weight one, then each search query as a title, weighted by its category share."""
-    batch, target = training_views(prepare.deduplicate(rows))
+    weight one, then each search query as a title, weighted by its category
+    share, then (when tags_only_weight > 0) the tags of each product that has them."""
+    distinct = prepare.deduplicate(rows)
+    batch, target = training_views(distinct)
     queries = prepare.query_shares(rows)
     weights = np.concatenate([np.ones(len(batch)), query_weight * queries["share"].to_numpy()])
     target = np.concatenate([target, queries["category"].to_numpy()])
-    return batch + docs(queries["query"].tolist()), target, weights
+    batch = batch + docs(queries["query"].tolist())
+    if tags_only_weight > 0:
+        tagged = distinct[distinct["concatenated_tags"] != ""]
+        batch = batch + docs([""] * len(tagged), tagged["concatenated_tags"].tolist())
+        weights = np.concatenate([weights, np.full(len(tagged), tags_only_weight)])
+        target = np.concatenate([target, tagged["category"].to_numpy()])
+    return batch, target, weights
+
+
+# Head indices: what a product is scored by (see Model).
+TITLE_HEAD = 0
+TAGS_HEAD = 1
+
+
+def heads_of(batch: Sequence[Doc]) -> np.ndarray:
+    """TAGS_HEAD for each product sent with tags (a non-empty string), else TITLE_HEAD."""
+    return np.array([TAGS_HEAD if tags != "" else TITLE_HEAD for _, tags in batch], dtype=np.intp)
 
 
 @dataclass
 class Model:
-    """The fitted pipeline, with weights exactly as the ONNX file stores them."""
+    """The fitted heads, with weights exactly as the ONNX file stores them.
+
+    Both heads read the same features. The title head (index TITLE_HEAD)
+    scores products sent without tags, the tags head the others: training
+    the tags head on each product's tags alone, too, helps it and would hurt
+    titles, which is what most clients send.
+    """
 
     spec: FeatureSpec
-    pipeline: Pipeline
+    heads: Tuple[Pipeline, Pipeline]
 
-    @property
-    def tfidf(self) -> OccurrenceTfidf:
-        step: OccurrenceTfidf = self.pipeline.named_steps["tfidf"]
+    def tfidf(self, head: int) -> OccurrenceTfidf:
+        step: OccurrenceTfidf = self.heads[head].named_steps["tfidf"]
         return step
 
-    @property
-    def classifier(self) -> SGDClassifier:
-        return self.pipeline.named_steps["sgd"]
+    def classifier(self, head: int) -> SGDClassifier:
+        return self.heads[head].named_steps["sgd"]
 
     @property
     def labels(self) -> List[str]:
-        return [str(label) for label in self.classifier.classes_]
+        return [str(label) for label in self.classifier(TITLE_HEAD).classes_]
 
     def predict_proba(self, batch: Sequence[Doc]) -> np.ndarray:
-        proba: np.ndarray = self.pipeline.predict_proba(batch)
+        proba = np.zeros((len(batch), len(self.labels)))
+        for head, rows in self._routes(batch):
+            proba[rows] = self.heads[head].predict_proba([batch[i] for i in rows])
         return proba
 
     def predict(self, batch: Sequence[Doc]) -> np.ndarray:
-        labels: np.ndarray = self.pipeline.predict(batch)
+        labels = np.empty(len(batch), dtype=object)
+        for head, rows in self._routes(batch):
+            labels[rows] = self.heads[head].predict([batch[i] for i in rows])
         return labels
+
+    def _routes(self, batch: Sequence[Doc]) -> List[Tuple[int, np.ndarray]]:
+        """(head, row indices) for each head that scores some of the batch."""
+        heads = heads_of(batch)
+        routes = [(head, np.flatnonzero(heads == head)) for head in (TITLE_HEAD, TAGS_HEAD)]
+        return [(head, rows) for head, rows in routes if rows.size]
 
 
 def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
@@ -163,35 +205,82 @@ DEFAULT_CONFIG = TrainConfig()
 
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
-    """Train on the cleaned listing `rows` (one per search, as published)."""
-    batch, target, weights = training_examples(rows, config.query_weight)
-    model = Model(spec, pipeline(spec, config).fit(batch, target, sgd__sample_weight=weights))
-    # The ONNX file stores float32 idf and coefficients; use exactly those here
-    # too, so scikit-learn and onnxruntime score with the same numbers.
-    model.tfidf.idf_ = as_float32(model.tfidf.idf_)
-    model.classifier.coef_ = as_float32(model.classifier.coef_)
-    return model
+    """Train both heads on the cleaned listing `rows` (one per search, as published)."""
+    heads = []
+    for tags_only_weight in (0.0, config.tags_only_weight):  # TITLE_HEAD, TAGS_HEAD
+        batch, target, weights = training_examples(rows, config.query_weight, tags_only_weight)
+        head = pipeline(spec, config).fit(batch, target, sgd__sample_weight=weights)
+        # Score with exactly the weights the ONNX file stores (see round_weights).
+        tfidf, sgd = head.named_steps["tfidf"], head.named_steps["sgd"]
+        tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
+        heads.append(head)
+    return _model(spec, heads)
 
 
-def from_weights(
-    spec: FeatureSpec, idf: np.ndarray, coef: np.ndarray, intercept: np.ndarray, labels: Sequence[str]
-) -> Model:
-    """A 'fitted' pipeline from known weights (an exported file's, or test values).
+class HeadWeights(NamedTuple):
+    """One head's weights: idf [n_features], coef [n_classes, n_features], intercept [n_classes]."""
 
-    `coef` is ``[n_classes, n_features]``; idf and coef should already be the
-    float32-rounded values the ONNX file stores.
+    idf: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+
+def weights_of(model: Model) -> List[HeadWeights]:
+    """Each head's weights, in head order."""
+    return [
+        HeadWeights(model.tfidf(h).idf_, model.classifier(h).coef_, model.classifier(h).intercept_)
+        for h in (TITLE_HEAD, TAGS_HEAD)
+    ]
+
+
+def from_weights(spec: FeatureSpec, heads: Sequence[HeadWeights], labels: Sequence[str]) -> Model:
+    """A 'fitted' model from known weights (an exported file's, or test values).
+
+    idf and coef should already lie on round_weights' grid, as the ONNX file stores them.
     """
+    return _model(spec, [_head_from_weights(spec, head, labels) for head in heads])
+
+
+def _head_from_weights(spec: FeatureSpec, weights: HeadWeights, labels: Sequence[str]) -> Pipeline:
     fitted = pipeline(spec, DEFAULT_CONFIG)
-    fitted.named_steps["tfidf"].idf_ = np.asarray(idf, dtype=np.float64)
+    fitted.named_steps["tfidf"].idf_ = np.asarray(weights.idf, dtype=np.float64)
     classifier = fitted.named_steps["sgd"]
-    classifier.coef_ = np.ascontiguousarray(coef, dtype=np.float64)
-    classifier.intercept_ = np.asarray(intercept, dtype=np.float64)
+    classifier.coef_ = np.ascontiguousarray(weights.coef, dtype=np.float64)
+    classifier.intercept_ = np.asarray(weights.intercept, dtype=np.float64)
     classifier.classes_ = np.array(list(labels), dtype=object)
     classifier.n_features_in_ = spec.n_features
-    return Model(spec, fitted)
+    return fitted
 
 
-def as_float32(weights: np.ndarray) -> np.ndarray:
-    """float32-rounded values, kept in float64 arrays as scikit-learn expects."""
-    rounded: np.ndarray = weights.astype(np.float32).astype(np.float64)
+def _model(spec: FeatureSpec, heads: Sequence[Pipeline]) -> Model:
+    if len(heads) != 2:
+        raise ValueError(f"a model has a title head and a tags head, got {len(heads)} heads")
+    title, tags = heads
+    if list(title.classes_) != list(tags.classes_):
+        raise ValueError(f"the heads' classes differ: {list(title.classes_)} and {list(tags.classes_)}")
+    return Model(spec, (title, tags))
+
+
+# Significant bits kept of idf and of coefficients: 11 + 13 = 24, float32's
+# mantissa, so that idf**2 and idf * coef are exact in float32, and the ONNX
+# file's float32 table of those products scores exactly as scikit-learn does
+# (see onnx_graph.WEIGHTS). Relative changes of 2**-12 and 2**-14 to a weight.
+IDF_BITS = 11
+COEF_BITS = 13
+# Smaller coefficients become zero: their products would leave float32's normal
+# range (1.2e-38), where it keeps fewer bits.
+MIN_COEF = 1e-30
+
+
+def round_weights(idf: np.ndarray, coef: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """idf (positive) and coef rounded to the grid the ONNX file stores exactly."""
+    rounded = _significant(np.asarray(coef, dtype=np.float64), COEF_BITS)
+    rounded[np.abs(rounded) < MIN_COEF] = 0.0
+    return _significant(np.asarray(idf, dtype=np.float64), IDF_BITS), rounded
+
+
+def _significant(values: np.ndarray, bits: int) -> np.ndarray:
+    """values rounded to `bits` significant binary digits."""
+    mantissa, exponent = np.frexp(values)
+    rounded: np.ndarray = np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits)
     return rounded

@@ -14,7 +14,9 @@ multiply-adds; word fingerprints from a fixed-width window per word ->
 word n-gram fingerprints -> 7-bit bytes -> MurmurHash3 -> bucket in its
 block (characters, words) -> gather (idf, coefficients) per n-gram -> per-row
 sums per block (scatter-add) -> occurrence l2 norm per block -> one-vs-rest
-sigmoids normalised by their sum.
+sigmoids normalised by their sum. Each row gathers from the weights of one of
+two heads: the tags head when its tags string is not empty, else the title
+head (see model.Model).
 """
 
 from __future__ import annotations
@@ -50,14 +52,20 @@ _PAD = -2
 # Longest shift any step takes: n - 1 for an n-gram.
 _MAX_SHIFT = MAX_NGRAM_ORDER - 1
 
-# Initializer names of the learned weights. WEIGHTS is [n_features + 1, 1 + n_classes]
-# float64: per bucket, idf**2 then idf * coef for each class, so one gather (one
-# cache miss per n-gram) fetches all an n-gram adds to its row's sums. idf and
-# coef are float32 values, so these products are exact in float64: the sums are
-# scikit-learn's up to the order of additions. The last row is zeros: the
-# bucket of n-grams that run past their row's end.
+# Initializer names of the learned weights. WEIGHTS stacks one table per head,
+# each [n_features + 1, 1 + n_classes] float32: per bucket, idf**2 then idf * coef
+# for each class, so one gather (one cache miss per n-gram) fetches all an n-gram
+# adds to its row's sums. The weights lie on a grid (model.round_weights) where
+# these products are exact in float32; the graph widens them to float64 before
+# summing, so the sums are scikit-learn's up to the order of additions. (A
+# float64 table would be 29 MB for two heads; float32 idf and coef, multiplied
+# in the graph, cost 20% of its throughput.) The last row of each table is
+# zeros: the bucket of n-grams that run past their row's end. INTERCEPT is
+# [n_heads, n_classes] float64.
 WEIGHTS = "weights"
 INTERCEPT = "intercept"
+# The heads, in table order: products without tags, products with tags.
+N_HEADS = 2
 
 
 @dataclass
@@ -322,26 +330,33 @@ class _Block:
     rows: str
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> Tuple[_Block, _Block]:
-    """Buckets of every n-gram: the character block's, then the word block's."""
+def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str, tables: str) -> Tuple[_Block, _Block]:
+    """Buckets of every n-gram: the character block's, then the word block's.
+    `tables` is each row's first WEIGHTS row: its head's table."""
     text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     stream = _stream(b, text, spec.fold)
-    chars = _bucket_grid(b, spec, _char_ngrams(b, spec, stream), offset=0)
+    chars = _bucket_grid(
+        b, spec, _char_ngrams(b, spec, stream), 0, b.op("Gather", [tables, stream.rows], axis=0)
+    )
     words = _words(b, spec, stream)
-    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words), offset=spec.block_width)
+    word_tables = b.op("Gather", [tables, words.rows], axis=0)
+    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words), spec.block_width, word_tables)
     return _Block(chars, stream.rows), _Block(grams, words.rows)
 
 
-def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family], offset: int) -> List[str]:
-    """Per family, the table row of each n-gram: offset + its bucket, or the zero
-    row (n_features) where not valid. Hashed as one stacked tensor: fewer nodes."""
+def _bucket_grid(
+    b: _Builder, spec: FeatureSpec, families: List[_Family], offset: int, tables: str
+) -> List[str]:
+    """Per family, the WEIGHTS row of each n-gram: its place's table + offset + its
+    bucket, or + n_features (the table's zero row) where not valid. Hashed as one
+    stacked tensor: fewer nodes."""
 
     def stack(parts: List[str]) -> str:
         return b.op("Concat", [b.op("Unsqueeze", [part, b.const([0])]) for part in parts], axis=0)
 
     fps, valid = stack([f.fps for f in families]), stack([f.valid for f in families])
     buckets = b.op("Add", [_buckets(b, fps, spec.block_width), b.const(offset)])
-    grid = b.op("Where", [valid, buckets, b.const(spec.n_features)])
+    grid = b.op("Add", [b.op("Where", [valid, buckets, b.const(spec.n_features)]), tables])
     split = b.ops("Split", [grid], len(families), axis=0, num_outputs=len(families))
     return [b.op("Squeeze", [family, b.const([0])]) for family in split]
 
@@ -349,17 +364,17 @@ def _bucket_grid(b: _Builder, spec: FeatureSpec, families: List[_Family], offset
 # --- features -> scores ------------------------------------------------------------
 
 
-def _scores(b: _Builder, blocks: Sequence[_Block], n_rows: str, n_classes: int) -> str:
+def _scores(b: _Builder, blocks: Sequence[_Block], n_rows: str, n_classes: int, heads: str) -> str:
     """tf-idf with an occurrence l2 norm per block (see model.OccurrenceTfidf), dotted
     with the coefficients: per block, (sum of idf * coef over a row's n-grams) /
-    sqrt(sum of idf**2), then the blocks' sum plus the intercept."""
+    sqrt(sum of idf**2), then the blocks' sum plus the row's head's intercept."""
     parts = [_block_scores(b, block, n_rows, n_classes) for block in blocks]
-    return b.op("Add", [b.op("Sum", parts), INTERCEPT])
+    return b.op("Add", [b.op("Sum", parts), b.op("Gather", [INTERCEPT, heads], axis=0)])
 
 
 def _block_scores(b: _Builder, block: _Block, n_rows: str, n_classes: int) -> str:
     # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
-    weighted = [b.op("Gather", [WEIGHTS, buckets], axis=0) for buckets in block.buckets]
+    weighted = [_weighted(b, buckets) for buckets in block.buckets]
     per_place = b.op("Sum", weighted)
     sums = _row_sums(b, per_place, block.rows, n_rows, 1 + n_classes)
     squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
@@ -367,6 +382,11 @@ def _block_scores(b: _Builder, block: _Block, n_rows: str, n_classes: int) -> st
     # scikit-learn leaves an all-zero block at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
     return b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])])
+
+
+def _weighted(b: _Builder, buckets: str) -> str:
+    """The WEIGHTS rows of `buckets`, widened to float64 for exact sums."""
+    return b.op("Cast", [b.op("Gather", [WEIGHTS, buckets], axis=0)], to=TensorProto.DOUBLE)
 
 
 def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> List[str]:
@@ -391,28 +411,30 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
 
 def build_model(
     spec: FeatureSpec,
-    idf: np.ndarray,
-    coef: np.ndarray,
-    intercept: np.ndarray,
+    heads: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
     labels: Sequence[str],
     metadata: Dict[str, str],
 ) -> onnx.ModelProto:
-    """The serving graph for a fitted tf-idf + linear model over `spec`'s hashed features.
+    """The serving graph for fitted tf-idf + linear heads over `spec`'s hashed features.
 
-    `coef` is ``[n_classes, n_features]`` as scikit-learn stores it. idf and
-    coef are stored as float32 (half the file) and widened to float64 after
-    the gather, so the caller must round the scikit-learn model's weights the
-    same way for parity (model.fit does).
+    `heads` holds (idf, coef, intercept) of the title head, then of the tags
+    head; coef is ``[n_classes, n_features]`` as scikit-learn stores it. idf
+    and coef must lie on model.round_weights' grid (model.fit rounds them).
     """
+    if len(heads) != N_HEADS:
+        raise ValueError(f"expected {N_HEADS} heads (title, tags), got {len(heads)}")
     b = _Builder()
-    b.weight(WEIGHTS, weight_table(idf, coef))
-    b.weight(INTERCEPT, np.asarray(intercept, dtype=np.float64))
+    b.weight(WEIGHTS, np.vstack([weight_table(idf, coef) for idf, coef, _ in heads]))
+    b.weight(INTERCEPT, np.stack([np.asarray(intercept, dtype=np.float64) for _, _, intercept in heads]))
     # One empty row more: for an empty batch the Tokenizer answers a 1-D tensor that
     # the rest of the graph cannot take (onnxruntime aborted the process). The extra
     # row's score is dropped below; an empty batch gets empty outputs.
     title, tags = (b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags"))
-    blocks = _features(b, spec, title, tags)
-    padded = _scores(b, blocks, b.op("Shape", [title]), len(labels))
+    # Head 1 (tags) where the tags string is not empty, as model.heads_of decides.
+    head = b.op("Cast", [b.op("Not", [b.op("Equal", [tags, b.const("")])])], to=TensorProto.INT64)
+    tables = b.op("Mul", [head, b.const(spec.n_features + 1)])
+    blocks = _features(b, spec, title, tags, tables)
+    padded = _scores(b, blocks, b.op("Shape", [title]), len(labels), head)
     scores = b.op("Slice", [padded, b.const([0]), b.op("Shape", ["title"]), b.const([0])])
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
     sig = b.op("Sigmoid", [scores])
@@ -426,16 +448,29 @@ def build_model(
 
 
 def weight_table(idf: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """WEIGHTS from float32-valued idf [n] and coef [n_classes, n] (see WEIGHTS)."""
+    """One head's table from idf [n] and coef [n_classes, n] (see WEIGHTS)."""
     idf = np.asarray(idf, dtype=np.float64)
-    table = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
-    return np.vstack([table, np.zeros((1, table.shape[1]))])
+    products = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
+    table = products.astype(np.float32)
+    if not np.array_equal(table, products):
+        raise ValueError(
+            "idf and coef must lie on the grid of model.round_weights: float32 rounds their products"
+        )
+    return np.vstack([table, np.zeros((1, table.shape[1]), dtype=np.float32)])
 
 
-def split_weight_table(table: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """(idf, coef) back from WEIGHTS: exact, because the products were."""
-    idf = np.sqrt(table[:-1, 0])
-    return idf, (table[:-1, 1:] / idf[:, None]).T
+def split_weight_table(weights: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(idf, coef) of each head back from WEIGHTS: exact, because the products were
+    (a correctly rounded root or quotient that is representable is exact)."""
+    if len(weights) % N_HEADS:
+        raise ValueError(
+            f"expected {N_HEADS} heads' tables, got {len(weights)} rows: a file from before the heads?"
+        )
+    heads = []
+    for table in np.split(weights.astype(np.float64), N_HEADS):
+        idf = np.sqrt(table[:-1, 0])
+        heads.append((idf, (table[:-1, 1:] / idf[:, None]).T))
+    return heads
 
 
 def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelProto:

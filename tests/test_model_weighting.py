@@ -8,7 +8,7 @@ import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.model import OccurrenceTfidf, training_examples, vectorizer
+from categorizer.model import TAGS_HEAD, TITLE_HEAD, OccurrenceTfidf, heads_of, training_examples, vectorizer
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:
@@ -58,8 +58,9 @@ def test_without_repeats_a_block_has_unit_l2_norm() -> None:
         np.testing.assert_allclose(norms[norms > 0], 1.0)
 
 
-def test_training_examples_are_both_views_then_weighted_queries() -> None:
-    rows = pd.DataFrame(
+def listing_rows() -> pd.DataFrame:
+    """Three searches: one product shown twice, one without tags."""
+    return pd.DataFrame(
         {
             "title": ["Caneca", "Caneca", "Body"],
             "concatenated_tags": ["azul", "azul", ""],
@@ -67,7 +68,10 @@ def test_training_examples_are_both_views_then_weighted_queries() -> None:
             "category": ["Decoração", "Decoração", "Bebê"],
         }
     )
-    batch, target, weights = training_examples(rows, query_weight=0.5)
+
+
+def test_training_examples_are_both_views_then_weighted_queries() -> None:
+    batch, target, weights = training_examples(listing_rows(), query_weight=0.5)
     # A product shown by two searches is one example per view.
     assert batch[:4] == [("Caneca", ""), ("Body", ""), ("Caneca", "azul"), ("Body", "")]
     assert target[:4].tolist() == ["Decoração", "Bebê", "Decoração", "Bebê"]
@@ -78,3 +82,17 @@ def test_training_examples_are_both_views_then_weighted_queries() -> None:
         (("xicara", ""), "Decoração", 0.5),
     ]
     assert weights[:4].tolist() == [1.0] * 4
+
+
+def test_the_tags_head_also_learns_from_tags_alone() -> None:
+    without, target_without, weights_without = training_examples(listing_rows(), query_weight=0.5)
+    batch, target, weights = training_examples(listing_rows(), query_weight=0.5, tags_only_weight=0.7)
+    # Only the product with tags adds a tags-only example, last, at the given weight.
+    assert batch == [*without, ("", "azul")]
+    assert target.tolist() == [*target_without.tolist(), "Decoração"]
+    assert weights.tolist() == [*weights_without.tolist(), 0.7]
+
+
+def test_heads_of_reads_only_whether_tags_are_empty() -> None:
+    batch = [("a", ""), ("a", "b"), ("", " "), ("", "")]
+    assert heads_of(batch).tolist() == [TITLE_HEAD, TAGS_HEAD, TAGS_HEAD, TITLE_HEAD]

@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from categorizer import export, prepare
 from categorizer.features import FeatureSpec
-from categorizer.model import Model, as_float32, docs, from_weights
+from categorizer.model import TAGS_HEAD, TITLE_HEAD, HeadWeights, Model, docs, from_weights, round_weights
+from categorizer.onnx_graph import split_weight_table, weight_table
 from tests.datasets import model_file, public_test_csv, training_csv
 
 # The issue's bar: identical labels, probabilities within 1e-5.
@@ -128,12 +129,17 @@ def test_artifact_matches_sklearn_on_public_test_file(
 
 
 def random_model(spec: FeatureSpec, seed: int, labels: Optional[List[str]] = None) -> Model:
-    """A 'fitted' pipeline with random weights, to test the graph without training."""
+    """A 'fitted' model with random weights (each head its own), to test the graph without training."""
     rng = np.random.default_rng(seed)
     labels = labels or ["Bebê", "b", "c", "d"]
-    idf = as_float32(rng.uniform(1.0, 9.0, spec.n_features))
-    coef = as_float32(rng.normal(size=(len(labels), spec.n_features)))
-    return from_weights(spec, idf, coef, rng.normal(size=len(labels)), labels)
+
+    def head() -> HeadWeights:
+        idf, coef = round_weights(
+            rng.uniform(1.0, 9.0, spec.n_features), rng.normal(size=(len(labels), spec.n_features))
+        )
+        return HeadWeights(idf, coef, rng.normal(size=len(labels)))
+
+    return from_weights(spec, [head(), head()], labels)
 
 
 def session_for(model: Model) -> ort.InferenceSession:
@@ -178,11 +184,30 @@ def test_an_empty_batch_gets_empty_outputs(name: str) -> None:
     assert proba.shape == (0, len(RANDOM_MODELS[name].labels))
 
 
-def test_rows_without_features_score_the_intercept() -> None:
+def intercept_proba(model: Model, head: int) -> np.ndarray:
+    sig = 1 / (1 + np.exp(-model.classifier(head).intercept_))
+    proba: np.ndarray = sig / sig.sum()
+    return proba
+
+
+def test_rows_without_features_score_their_heads_intercept() -> None:
     model = RANDOM_MODELS["default"]
-    _, proba = onnx_predict(RANDOM_SESSIONS["default"], ["", "!!!", " "], ["", "", "..."])
-    sig = 1 / (1 + np.exp(-model.classifier.intercept_))
-    np.testing.assert_allclose(proba, np.tile(sig / sig.sum(), (3, 1)), atol=1e-7)
+    _, proba = onnx_predict(RANDOM_SESSIONS["default"], ["", "!!!", " ", ""], ["", "", "...", " "])
+    # Tags that fold to nothing still choose the tags head: the rule is a non-empty string.
+    title, tags = intercept_proba(model, TITLE_HEAD), intercept_proba(model, TAGS_HEAD)
+    np.testing.assert_allclose(proba, np.stack([title, title, tags, tags]), atol=1e-7)
+
+
+def test_the_tags_string_chooses_the_head() -> None:
+    model, session = RANDOM_MODELS["default"], RANDOM_SESSIONS["default"]
+    titles = ["caneca azul", "caneca azul", "body bebê", "body bebê"]
+    tags = ["", "x", "", "menino"]
+    _, proba = onnx_predict(session, titles, tags)
+    for title, tag, row in zip(titles, tags, proba):
+        head = model.heads[TAGS_HEAD if tag else TITLE_HEAD]
+        np.testing.assert_allclose(row, head.predict_proba([(title, tag)])[0], atol=1e-12)
+    # Random heads disagree, so rows of one title score differently with any tags.
+    assert np.abs(proba[0] - proba[1]).max() > 1e-3
 
 
 def test_exported_file_honours_the_contract(tmp_path: Path) -> None:
@@ -215,3 +240,21 @@ def test_artifact_scores_are_deterministic(artifact: Tuple[Model, ort.InferenceS
     first = onnx_predict(session, titles, [""] * len(titles))[1]
     for _ in range(RACE_REPEATS):
         np.testing.assert_array_equal(onnx_predict(session, titles, [""] * len(titles))[1], first)
+
+
+def test_rounded_weights_have_products_exact_in_float32() -> None:
+    rng = np.random.default_rng(7)
+    raw_coef = rng.normal(size=(3, 1000)) * 10.0 ** rng.integers(-40, 5, size=(3, 1000))
+    idf, coef = round_weights(rng.uniform(1.0, 12.0, 1000), raw_coef)
+    table = weight_table(idf, coef)  # raises if float32 rounds a product
+    assert table.dtype == np.float32
+    np.testing.assert_allclose(coef, raw_coef, rtol=2.0**-13, atol=1e-30)
+    ((back_idf, back_coef),) = split_weight_table(np.vstack([table, table]))[:1]
+    np.testing.assert_array_equal(back_idf, idf)
+    np.testing.assert_array_equal(back_coef, coef)
+
+
+def test_weights_off_the_grid_are_refused() -> None:
+    idf = np.array([1.0 + 2.0**-20])  # 21 significant bits: its square needs more than float32 keeps
+    with pytest.raises(ValueError, match="round_weights"):
+        weight_table(idf, np.array([[0.5]]))
