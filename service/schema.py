@@ -48,7 +48,7 @@ def request_type(settings: Settings) -> Type[msgspec.Struct]:
         ]
         concatenated_tags: Annotated[
             Optional[Annotated[str, Meta(max_length=settings.max_tags_chars)]],
-            Meta(description='Space-separated seller tags; null, missing and "" all mean none.'),
+            Meta(description='Space-separated seller tags; null, missing, "" and white space all mean none.'),
         ] = None
 
     class CategorizeRequest(msgspec.Struct):
@@ -82,6 +82,8 @@ class RequestDecoder:
             if title.isspace():  # msgspec's min_length already rejected ""
                 raise ApiError.invalid(f"products[{i}].title", "expected a non-empty string, got whitespace")
             tag: str = product.concatenated_tags or ""
+            if tag.isspace():  # the model's tags head is for products with tags
+                tag = ""
             titles.append(title)
             tags.append(tag)
             chars += len(title) + len(tag)

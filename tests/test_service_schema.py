@@ -38,6 +38,15 @@ def test_null_tags_mean_no_tags(decoder: RequestDecoder) -> None:
     assert decoder.decode(b'{"products": [{"title": "a", "concatenated_tags": null}]}').tags == [""]
 
 
+def test_whitespace_tags_mean_no_tags(decoder: RequestDecoder) -> None:
+    # The model scores any non-empty tags string with its tags head.
+    body = (
+        b'{"products": [{"title": "a", "concatenated_tags": " \\t\\n "},'
+        b' {"title": "b", "concatenated_tags": " x "}]}'
+    )
+    assert decoder.decode(body).tags == ["", " x "]
+
+
 def test_limits_come_from_the_settings(decoder: RequestDecoder) -> None:
     assert decoder.decode(b'{"products": [{"title": "0123456789", "concatenated_tags": "12345"}]}')
     assert field_of(decoder, b'{"products": [{"title": "0123456789a"}]}') == "products[0].title"
