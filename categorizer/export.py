@@ -61,5 +61,7 @@ def load_reference(path: Path) -> Model:
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
     tables = split_weight_table(weights[WEIGHTS])
+    if len(weights[INTERCEPT]) != len(tables):
+        raise ValueError(f"{len(tables)} weight tables but {len(weights[INTERCEPT])} intercept rows")
     heads = [HeadWeights(idf, coef, intercept) for (idf, coef), intercept in zip(tables, weights[INTERCEPT])]
     return from_weights(spec, heads, json.loads(meta[LABELS_KEY]))

@@ -110,8 +110,8 @@ class FeatureSpec:
 
     # Width of the hashed feature space, both blocks together. 2**18 scored as
     # well as 2**19 and 2**20 in validation, and keeps the graph's weight table
-    # (seven float64 columns) at 15 MB: a smaller file, and fewer cache misses
-    # when the graph gathers rows.
+    # (two heads of seven float32 columns) at 15 MB: a smaller file, and fewer
+    # cache misses when the graph gathers rows.
     n_features: int = 2**18
     # Character n-gram orders over the stream (spelling variants, plurals,
     # word stems); they carried most of the macro-F1 in validation.

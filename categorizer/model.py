@@ -120,7 +120,8 @@ def training_examples(
 ) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
     """(docs, categories, sample weights): both views of each distinct product,
     weight one, then each search query as a title, weighted by its category
-    share, then (when tags_only_weight > 0) the tags of each product that has them."""
+    share, then (when tags_only_weight > 0) the tags of each product that has them:
+    one example per product, so tags that many products share weigh more."""
     distinct = prepare.deduplicate(rows)
     batch, target = training_views(distinct)
     queries = prepare.query_shares(rows)

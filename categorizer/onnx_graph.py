@@ -450,6 +450,8 @@ def build_model(
 def weight_table(idf: np.ndarray, coef: np.ndarray) -> np.ndarray:
     """One head's table from idf [n] and coef [n_classes, n] (see WEIGHTS)."""
     idf = np.asarray(idf, dtype=np.float64)
+    if not (np.isfinite(idf).all() and np.isfinite(coef).all()):
+        raise ValueError("idf and coef must be finite (did training diverge?)")
     products = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
     table = products.astype(np.float32)
     if not np.array_equal(table, products):

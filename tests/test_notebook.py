@@ -13,9 +13,11 @@ from typing import Dict, List
 
 import nbformat
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import pytest
+from onnx import numpy_helper
 
 from categorizer import data, export, prepare
 from tests.datasets import ROOT, model_file, public_test_csv, skip_or_fail
@@ -115,14 +117,21 @@ def test_retraining_reproduces_the_committed_artifact(trained: Path) -> None:
         skip_or_fail("the committed artifact was trained on another file than DATASET_PATH")
     if platform.python_version_tuple()[:2] != ("3", "9"):
         pytest.skip("only the pinned Python 3.9 environment reproduces the artifact bit for bit")
-    titles = prepare.clean(pd.read_csv(public_test_csv()))["title"].tolist()
-    feeds = {
-        "title": np.array(titles, dtype=object),
-        "concatenated_tags": np.array([""] * len(titles), dtype=object),
-    }
-    outputs = [
-        ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)
+    # Every weight of both heads, then the outputs of each head on real inputs.
+    weights = [
+        {init.name: numpy_helper.to_array(init) for init in onnx.load(str(p)).graph.initializer}
         for p in (committed, fresh)
     ]
-    assert list(outputs[0][0]) == list(outputs[1][0])
-    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    assert weights[0].keys() == weights[1].keys()
+    for name, array in weights[0].items():
+        np.testing.assert_array_equal(array, weights[1][name], err_msg=name)
+    products = prepare.clean(pd.read_csv(public_test_csv()))
+    titles = products["title"].tolist()
+    for tags in ([""] * len(titles), products["concatenated_tags"].tolist()):
+        feeds = {"title": np.array(titles, dtype=object), "concatenated_tags": np.array(tags, dtype=object)}
+        outputs = [
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)
+            for p in (committed, fresh)
+        ]
+        assert list(outputs[0][0]) == list(outputs[1][0])
+        np.testing.assert_array_equal(outputs[0][1], outputs[1][1])

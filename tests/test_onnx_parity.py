@@ -236,10 +236,13 @@ def test_artifact_scores_are_deterministic(artifact: Tuple[Model, ort.InferenceS
     synthetic titles did not trigger it), in a few runs out of sixty.
     """
     _, session = artifact
-    titles = prepare.clean(pd.read_csv(training_csv()))["title"].tolist()[:BATCH]
-    first = onnx_predict(session, titles, [""] * len(titles))[1]
+    rows = prepare.clean(pd.read_csv(training_csv())).head(BATCH)
+    titles = rows["title"].tolist()
+    # Every other row with its tags, so both heads' rows share each batch.
+    tags = [tag if i % 2 else "" for i, tag in enumerate(rows["concatenated_tags"])]
+    first = onnx_predict(session, titles, tags)[1]
     for _ in range(RACE_REPEATS):
-        np.testing.assert_array_equal(onnx_predict(session, titles, [""] * len(titles))[1], first)
+        np.testing.assert_array_equal(onnx_predict(session, titles, tags)[1], first)
 
 
 def test_rounded_weights_have_products_exact_in_float32() -> None:
@@ -258,3 +261,8 @@ def test_weights_off_the_grid_are_refused() -> None:
     idf = np.array([1.0 + 2.0**-20])  # 21 significant bits: its square needs more than float32 keeps
     with pytest.raises(ValueError, match="round_weights"):
         weight_table(idf, np.array([[0.5]]))
+
+
+def test_non_finite_weights_are_refused() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        weight_table(np.array([1.0]), np.array([[np.nan]]))
