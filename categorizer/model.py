@@ -207,15 +207,28 @@ DEFAULT_CONFIG = TrainConfig()
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train both heads on the cleaned listing `rows` (one per search, as published)."""
-    heads = []
-    for tags_only_weight in (0.0, config.tags_only_weight):  # TITLE_HEAD, TAGS_HEAD
-        batch, target, weights = training_examples(rows, config.query_weight, tags_only_weight)
-        head = pipeline(spec, config).fit(batch, target, sgd__sample_weight=weights)
-        # Score with exactly the weights the ONNX file stores (see round_weights).
-        tfidf, sgd = head.named_steps["tfidf"], head.named_steps["sgd"]
-        tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
-        heads.append(head)
-    return _model(spec, heads)
+    title_batch, title_target, title_weights = training_examples(rows, config.query_weight)
+    batch, target, weights = training_examples(rows, config.query_weight, config.tags_only_weight)
+    # The title head's examples are the tags head's without the tags-only ones,
+    # which come last: hash every text once (hashing is most of the training time).
+    n_title = len(title_batch)
+    if batch[:n_title] != title_batch:
+        raise AssertionError("the title head's examples must lead the tags head's")
+    counts = vectorizer(spec).transform(batch)
+    title = _fit_head(spec, config, counts[:n_title], title_target, title_weights)
+    return _model(spec, [title, _fit_head(spec, config, counts, target, weights)])
+
+
+def _fit_head(
+    spec: FeatureSpec, config: TrainConfig, counts: sp.csr_matrix, target: np.ndarray, weights: np.ndarray
+) -> Pipeline:
+    """A head's pipeline, its tf-idf and SGD steps fitted on hashed `counts`."""
+    head = pipeline(spec, config)
+    tfidf, sgd = head.named_steps["tfidf"], head.named_steps["sgd"]
+    sgd.fit(tfidf.fit_transform(counts), target, sample_weight=weights)
+    # Score with exactly the weights the ONNX file stores (see round_weights).
+    tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
+    return head
 
 
 class HeadWeights(NamedTuple):
