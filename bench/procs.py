@@ -1,4 +1,6 @@
-"""Starting the servers under test, waiting for them, and reading their workers' RSS (Linux /proc)."""
+"""The one harness for server processes, shared by bench/ and tests/: starting them,
+waiting until every worker listens, finding the workers, reading their memory (Linux
+/proc) and stopping them."""
 
 from __future__ import annotations
 
@@ -9,26 +11,99 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Set
+from typing import IO, Dict, List, Optional, Sequence, Set, Union
 
 from bench.payloads import ROOT
 
+# Generous: only bounds how long a broken server can hang a run.
 START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
 def free_port() -> int:
+    """A local TCP port nothing listens on now (the OS may hand it out again later)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
 
 
+def api_env(**overrides: str) -> Dict[str, str]:
+    """The environment of a server under test: this one's, on loopback, quiet logs."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")}
+    env.update(HOST="127.0.0.1", LOG_LEVEL="WARNING")
+    env.update(overrides)
+    return env
+
+
+def spawn(
+    argv: Sequence[str], env: Dict[str, str], cwd: Optional[str] = None, logs: Optional[Path] = None
+) -> subprocess.Popen[str]:
+    """`python ARGV...`; output to files in `logs` (stdout.log, stderr.log), else to pipes.
+
+    Under load a server may log more than a pipe holds (64 KiB) before anyone reads
+    it, and a worker blocked on a full pipe would stall the very traffic under test:
+    long runs should pass `logs`."""
+    out: Union[int, IO[str]] = subprocess.PIPE
+    err: Union[int, IO[str]] = subprocess.PIPE
+    with contextlib.ExitStack() as files:
+        if logs is not None:
+            out = files.enter_context((logs / "stdout.log").open("w"))
+            err = files.enter_context((logs / "stderr.log").open("w"))
+        return subprocess.Popen(
+            [sys.executable, *argv], cwd=cwd or str(ROOT), env=env, stdout=out, stderr=err, text=True
+        )
+
+
+def wait_ready(proc: subprocess.Popen[str], url: str, timeout: float = START_TIMEOUT) -> None:
+    """Until `url` answers 200; RuntimeError if the process exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read() if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err.strip()}")
+        # Refused while starting; URLError and HTTPError are OSErrors too.
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as response:
+            if response.status == 200:
+                return
+        time.sleep(0.01)
+    raise RuntimeError(f"server not ready after {timeout:.0f} s")
+
+
+def wait_all_listening(proc: subprocess.Popen[str], port: int, timeout: float = START_TIMEOUT) -> None:
+    """Until every worker has its listener: the first ready worker answers readiness,
+    and keep-alive connections opened before the others listen would all stay on it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        listening = listening_inodes(port)
+        pids = worker_pids(proc.pid) or [proc.pid]
+        if all(_socket_inodes(pid) & listening for pid in pids):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"not every worker listens on {port} after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen[str], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM (a supervisor forwards it to its workers), SIGKILL if it will not exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pipe in (proc.stdout, proc.stderr):  # unread pipes would warn when collected
+        if pipe is not None:
+            pipe.close()
+
+
 class Server:
-    """A server process (`python api.py` or the raw HTTP server) on a free local port."""
+    """A server process (`python api.py`, the anchor or the raw HTTP server) on a free
+    local port, ready and with every worker listening once constructed."""
 
     def __init__(
         self,
@@ -36,70 +111,37 @@ class Server:
         env: Optional[Dict[str, str]] = None,
         cwd: Optional[str] = None,
         ready_path: str = "/readyz",
+        logs: Optional[Path] = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {k: v for k, v in os.environ.items() if k not in ("PORT", "HOST")}
-        full_env.update(HOST="127.0.0.1", PORT=str(self.port), LOG_LEVEL="WARNING")
-        full_env.update(env or {})
-        self.startup_seconds = 0.0
+        self.logs = logs
         start = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, *argv],
-            cwd=cwd or str(ROOT),
-            env=full_env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self._wait_ready(ready_path, start)
-
-    def _wait_ready(self, path: str, start: float) -> None:
-        deadline = start + START_TIMEOUT
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                err = self.proc.stderr.read() if self.proc.stderr else ""
-                raise RuntimeError(f"server exited with {self.proc.returncode}: {err.strip()}")
-            try:
-                with urllib.request.urlopen(self.url + path, timeout=1) as response:
-                    if response.status == 200:
-                        self.startup_seconds = time.perf_counter() - start
-                        self._wait_all_listening(deadline)
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
-            time.sleep(0.01)
-        self.stop()
-        raise RuntimeError(f"server not ready after {START_TIMEOUT:.0f} s")
-
-    def _wait_all_listening(self, deadline: float) -> None:
-        """The first ready worker answers /readyz; keep-alive connections opened before
-        the others listen would all stay on it, so wait for every worker's listener."""
-        while time.perf_counter() < deadline:
-            listening = listening_inodes(self.port)
-            pids = self.worker_pids()
-            if all(_socket_inodes(pid) & listening for pid in pids):
-                return
-            time.sleep(0.01)
+        self.proc = spawn(argv, api_env(PORT=str(self.port), **(env or {})), cwd, logs)
+        try:
+            wait_ready(self.proc, self.url + ready_path)
+            self.startup_seconds = time.perf_counter() - start
+            wait_all_listening(self.proc, self.port)
+        except RuntimeError:
+            self.stop()
+            raise
 
     def worker_pids(self) -> List[int]:
         """The processes doing the serving: the children, or the process itself with WORKERS=1."""
-        children = _children(self.proc.pid)
-        return children or [self.proc.pid]
+        return worker_pids(self.proc.pid) or [self.proc.pid]
 
     def worker_rss_mb(self) -> List[float]:
-        return [rss_mb(pid) for pid in self.worker_pids()]
+        return [rss_bytes(pid) / 2**20 for pid in self.worker_pids()]
+
+    def tree_rss_mb(self) -> float:
+        """The whole process tree: supervisor, workers and multiprocessing's helpers."""
+        return tree_rss_bytes(self.proc.pid) / 2**20
+
+    def stderr_text(self) -> str:
+        return (self.logs / "stderr.log").read_text() if self.logs is not None else ""
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # the parent forwards it to its workers
-            try:
-                self.proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stderr:
-            self.proc.stderr.close()
+        stop(self.proc)
 
 
 def service(env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> Server:
@@ -116,14 +158,17 @@ def raw_http(workers: int) -> Server:
     return Server(["-m", "bench.rawserver", "--workers", str(workers)], ready_path="/healthz")
 
 
-def _children(pid: int) -> List[int]:
+def children(pid: int) -> List[int]:
+    """A process's children, less multiprocessing's resource tracker: its workers."""
     try:
         text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
     except OSError:
         return []
-    pids = [int(p) for p in text.split()]
-    # multiprocessing may add a resource tracker; keep the actual servers.
-    return [p for p in pids if "resource_tracker" not in _cmdline(p)]
+    return [p for p in map(int, text.split()) if "resource_tracker" not in _cmdline(p)]
+
+
+def worker_pids(pid: int) -> List[int]:
+    return children(pid)
 
 
 def _cmdline(pid: int) -> str:
@@ -161,11 +206,22 @@ def _socket_inodes(pid: int) -> Set[str]:
     return inodes
 
 
-def rss_mb(pid: int) -> float:
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process; 0 once it has exited."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+                return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0.0
+    return 0
+
+
+def tree_rss_bytes(pid: int) -> int:
+    """Resident memory of a process and all its descendants."""
+    total = rss_bytes(pid)
+    try:
+        kids = [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        kids = []
+    return total + sum(tree_rss_bytes(kid) for kid in kids)

@@ -11,11 +11,11 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from service import handlers
-from service.batcher import Batcher
+from service import handlers, memory
 from service.categorizer import Categorizer
 from service.errors import ApiError, from_http_exception, problem_response
 from service.metrics import Metrics
+from service.scheduler import Scheduler
 from service.schema import RequestDecoder, openapi_document
 from service.settings import Settings
 from service.state import STATE, State
@@ -27,7 +27,8 @@ UNMATCHED_ROUTE = "unmatched"  # metrics label of 404s, so random paths add no s
 
 def create_app(settings: Settings) -> web.Application:
     """The app; the model loads at startup (cleanup_ctx), not here."""
-    # client_max_size: aiohttp's own cap while reading, for bodies without Content-Length.
+    # client_max_size: aiohttp's own cap for request.read(); the categorize handler reads
+    # its body chunk by chunk and enforces the same limit itself.
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe, problems])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
@@ -43,25 +44,57 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     model = Categorizer.load(settings.model_path)  # raises ModelError: start-up fails
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    metrics = Metrics(model.labels)
+    scheduler = _scheduler(settings, model, executor, metrics)
     app[STATE] = State(
         settings=settings,
         model=model,
         executor=executor,
         decoder=RequestDecoder(settings),
-        metrics=Metrics(model.labels),
+        metrics=metrics,
         openapi=msgspec.json.encode(openapi_document(settings)),
-        batcher=(
-            Batcher(model, executor, settings.batch_max_products, handlers.INLINE_MAX_CHARS)
-            if settings.batch_max_products > 0
-            else None
-        ),
+        scheduler=scheduler,
     )
     log.info("model loaded", extra={"model_path": settings.model_path, "labels": len(model.labels)})
     yield
+    scheduler.close()  # anything still queued is answered 503
     executor.shutdown(wait=True)  # after the server has finished in-flight requests
-    batcher = app[STATE].batcher
-    if batcher is not None:  # how much sharing the load allowed: requests per model call
-        log.info("batching", extra={"requests": batcher.requests, "model_calls": batcher.batches})
+    # How much sharing the load allowed: requests per model call.
+    log.info("batching", extra={"requests": scheduler.requests, "model_calls": scheduler.calls})
+
+
+def _scheduler(
+    settings: Settings, model: Categorizer, executor: ThreadPoolExecutor, metrics: Metrics
+) -> Scheduler:
+    memory.configure()
+    scheduler = Scheduler(
+        model,
+        executor,
+        metrics,
+        max_pending_bytes=settings.max_pending_bytes,
+        max_queue_seconds=settings.max_queue_seconds,
+        batch_max_products=settings.batch_max_products,
+        trim=memory.trim,
+    )
+    metrics.gauge(
+        "categorizer_pending_requests",
+        "Categorize requests admitted and not yet answered (reading, queued or running).",
+        lambda: scheduler.pending_requests,
+    )
+    metrics.gauge(
+        "categorizer_pending_bytes", "Body bytes of the pending requests.", lambda: scheduler.pending_bytes
+    )
+    metrics.gauge(
+        "categorizer_queued_requests",
+        "Requests decoded and waiting for a model call.",
+        lambda: scheduler.queued_requests,
+    )
+    metrics.gauge(
+        "categorizer_pending_work_seconds",
+        "Estimated model seconds of the pending requests (what Retry-After is derived from).",
+        lambda: scheduler.pending_seconds,
+    )
+    return scheduler
 
 
 @web.middleware

@@ -12,13 +12,6 @@ INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
 OUTPUT_LABEL = "label"
 
-# The graph pads every string of a batch to the batch's longest one, so one run's
-# memory grows with rows x longest row. Bigger inputs are cut into sub-batches of
-# this many rows, sorted by length so that short titles are not padded to long ones.
-# 256 rows of the longest accepted title and tags stay around a hundred MiB, and
-# per-run overhead is already amortised (measured: ~0.06 ms/row at 256 vs 0.18 ms at 1).
-SUB_BATCH_ROWS = 256
-
 
 class ModelError(Exception):
     """The model file is missing or unusable; the message is one line."""
@@ -44,19 +37,11 @@ class Categorizer:
         return model
 
     def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
-        """One category per title; tags[i] is "" when the product has none."""
-        if len(titles) <= SUB_BATCH_ROWS:
-            return self._run(titles, tags) if titles else []  # nothing to run
-        order = sorted(range(len(titles)), key=lambda i: len(titles[i]) + len(tags[i]))
-        categories = [""] * len(titles)
-        for start in range(0, len(order), SUB_BATCH_ROWS):
-            rows = order[start : start + SUB_BATCH_ROWS]
-            batch = self._run([titles[i] for i in rows], [tags[i] for i in rows])
-            for i, category in zip(rows, batch):
-                categories[i] = category
-        return categories
-
-    def _run(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
+        """One category per title, in one onnxruntime run; tags[i] is "" when the
+        product has none. The graph pads every string to the longest one, so callers
+        cut big inputs into sub-batches (service/scheduler.py)."""
+        if not titles:
+            return []  # nothing to run
         # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
         # Python 3.9 is 1.19) keeps a reference to every str of an object input,
         # leaking all request text (microsoft/onnxruntime#22271). But onnxruntime

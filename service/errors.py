@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Optional
+import math
+from typing import Dict, Optional
 
 import msgspec
 from aiohttp import web
@@ -36,14 +37,19 @@ class ApiError(Exception):
     """
 
     def __init__(
-        self, status: int, title: str, detail: str, field: Optional[str] = None, allow: str = ""
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        field: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
     ) -> None:
         super().__init__(detail)
         self.status = status
         self.title = title
         self.detail = detail
         self.field = field
-        self.allow = allow  # the Allow header of a 405
+        self.headers = headers or {}  # Allow of a 405, Retry-After of a 503
 
     @classmethod
     def invalid(cls, field: str, message: str) -> ApiError:
@@ -58,6 +64,20 @@ class ApiError(Exception):
         )
 
     @classmethod
+    def client_left(cls) -> ApiError:
+        # The client closed the connection while its request waited for the model:
+        # the request is dropped before its model call, and nobody reads this.
+        detail = "the connection closed while the request waited"
+        return cls(CLIENT_CLOSED_REQUEST, "Client Closed Request", detail)
+
+    @classmethod
+    def overloaded(cls, detail: str, retry_after_seconds: float) -> ApiError:
+        # Retry-After takes whole seconds; at least 1, so that a client never retries at once.
+        retry_after = str(max(1, math.ceil(retry_after_seconds)))
+        detail = f"{detail}; retry after {retry_after} s"
+        return cls(503, "Service Unavailable", detail, None, {"Retry-After": retry_after})
+
+    @classmethod
     def body_timeout(cls, seconds: float) -> ApiError:
         detail = f"body: not received within {seconds:g} s"
         return cls(408, "Request Timeout", detail, "body")
@@ -69,9 +89,7 @@ class ApiError(Exception):
 
 def problem_response(error: ApiError, instance: str) -> web.Response:
     body = Problem(PROBLEM_TYPE, error.title, error.status, error.detail, instance, error.field)
-    headers = {"Content-Type": PROBLEM_CONTENT_TYPE}
-    if error.allow:
-        headers["Allow"] = error.allow
+    headers = {"Content-Type": PROBLEM_CONTENT_TYPE, **error.headers}
     return web.Response(status=error.status, body=_ENCODER.encode(body), headers=headers)
 
 
@@ -79,9 +97,8 @@ def from_http_exception(exc: web.HTTPException) -> ApiError:
     """The ApiError for aiohttp's own 404/405/413..., keeping their status."""
     if isinstance(exc, web.HTTPMethodNotAllowed):
         allowed = ", ".join(sorted(exc.allowed_methods))
-        return ApiError(
-            405, exc.reason, f"method {exc.method} is not allowed here; use {allowed}", None, allowed
-        )
+        detail = f"method {exc.method} is not allowed here; use {allowed}"
+        return ApiError(405, exc.reason, detail, None, {"Allow": allowed})
     if isinstance(exc, web.HTTPNotFound):
         return ApiError(404, exc.reason, "no such path; see /openapi.json")
     return ApiError(exc.status, exc.reason, exc.reason)

@@ -8,16 +8,9 @@ import msgspec
 from aiohttp import web
 
 from service.errors import ApiError
+from service.scheduler import Scheduler, Ticket
 from service.schema import CategorizeResponse
 from service.state import STATE, State
-
-# Batches up to this many characters (titles + tags) run on the event loop: measured
-# at ~0.3 µs/char plus ~0.08 ms per call, so at most ~2.5 ms of stall. With one worker
-# process per core the thread hand-off only adds switches: side by side, running
-# 100-title requests (~3k chars) inline gave 1.1-1.4x the req/s of the model thread.
-# Bigger batches still go to the model thread, so that health checks and small
-# requests keep flowing while they run.
-INLINE_MAX_CHARS = 8192
 
 _ENCODER = msgspec.json.Encoder()
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -26,35 +19,51 @@ _EMPTY = _ENCODER.encode(CategorizeResponse([]))
 
 async def categorize(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    body = await _read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
-    batch = state.decoder.decode(body)
-    if not batch.titles:  # nothing to run
-        state.metrics.observe_predictions(())
-        return web.Response(body=_EMPTY, headers=_JSON_HEADERS)
-    if state.batcher is not None and len(batch.titles) < state.batcher.max_rows:
-        categories = await state.batcher.predict(batch.titles, batch.tags, batch.chars)
-    elif batch.chars <= INLINE_MAX_CHARS:
-        categories = state.model.predict(batch.titles, batch.tags)
-    else:
-        loop = asyncio.get_running_loop()
-        categories = await loop.run_in_executor(state.executor, state.model.predict, batch.titles, batch.tags)
+    limit = state.settings.max_body_bytes
+    # Content-Length says it up front: refuse without reading.
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError.too_large(limit)
+    scheduler = state.scheduler
+    ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
+    try:
+        body = await _read_body(request, scheduler, ticket, limit, state.settings.body_timeout_seconds)
+        batch = state.decoder.decode(body)
+        del body  # the decoded strings are what waits for the model, not the bytes too
+        if not batch.titles:  # nothing to run
+            state.metrics.observe_predictions(())
+            return web.Response(body=_EMPTY, headers=_JSON_HEADERS)
+        categories = await scheduler.categorize(
+            ticket, batch.titles, batch.tags, batch.chars, lambda: request.transport is None
+        )
+    finally:
+        scheduler.release(ticket)
     state.metrics.observe_predictions(categories)
     return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
 
 
-async def _read_body(request: web.Request, limit: int, timeout: float) -> bytes:
-    # Content-Length says it up front: refuse without reading. Chunked bodies are cut
-    # by aiohttp's client_max_size (the same limit) while reading.
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError.too_large(limit)
+async def _read_body(
+    request: web.Request, scheduler: Scheduler, ticket: Ticket, limit: int, timeout: float
+) -> bytearray:
     try:
-        return await asyncio.wait_for(request.read(), timeout)
+        return await asyncio.wait_for(_read_chunks(request, scheduler, ticket, limit), timeout)
     except asyncio.TimeoutError:
         raise ApiError.body_timeout(timeout) from None
-    except web.HTTPRequestEntityTooLarge:
-        raise ApiError.too_large(limit) from None
     except ConnectionResetError:  # aiohttp's own disconnect errors subclass it
         raise ApiError.client_gone() from None
+
+
+async def _read_chunks(request: web.Request, scheduler: Scheduler, ticket: Ticket, limit: int) -> bytearray:
+    # Not request.read(): it keeps a second copy of the body on the request until the
+    # response is sent. A chunked body is counted against the budgets as it arrives.
+    body = bytearray()
+    while True:
+        chunk = await request.content.readany()
+        if not chunk:
+            return body
+        body += chunk
+        if len(body) > limit:
+            raise ApiError.too_large(limit)
+        scheduler.grow(ticket, len(body))
 
 
 async def healthz(request: web.Request) -> web.Response:

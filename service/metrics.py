@@ -8,9 +8,9 @@ Sum over scrapes with care, or scrape with WORKERS=1 per container.
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, Tuple
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -18,6 +18,10 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # is batches of thousands of products.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PRODUCT_BUCKETS = (0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+# Seconds a request waited for the model; the refusal limit (MAX_QUEUE_SECONDS) is a few seconds.
+QUEUE_WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Why a request was refused with 503 (service/scheduler.py): fixed, so the series are too.
+REFUSAL_REASONS = ("pending_bytes", "queue_time", "queue_expired", "shutting_down")
 
 
 class Metrics:
@@ -50,6 +54,24 @@ class Metrics:
             ["category"],
             registry=self.registry,
         )
+        self._refused = Counter(
+            "categorizer_refused_requests",
+            "Categorize requests answered 503 by admission control, by reason.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._refused_by = {reason: self._refused.labels(reason) for reason in REFUSAL_REASONS}
+        self._abandoned = Counter(
+            "categorizer_abandoned_requests",
+            "Requests dropped before their model call because the client had left.",
+            registry=self.registry,
+        )
+        self._queue_wait = Histogram(
+            "categorizer_queue_wait_seconds",
+            "Time from a request's arrival in the model queue to its model call.",
+            buckets=QUEUE_WAIT_BUCKETS,
+            registry=self.registry,
+        )
         # Children resolved once: labels() costs a lock and a dict lookup per call.
         self._per_category = {label: self._predictions.labels(label) for label in labels}
         self._children: Dict[Tuple[str, int], Tuple[Counter, Histogram]] = {}
@@ -72,6 +94,19 @@ class Metrics:
             if child is None:  # not in the model's metadata: still count it, visibly
                 child = self._per_category[category] = self._predictions.labels(category)
             child.inc(count)
+
+    def observe_refused(self, reason: str) -> None:
+        self._refused_by[reason].inc()
+
+    def observe_abandoned(self) -> None:
+        self._abandoned.inc()
+
+    def observe_queue_wait(self, seconds: float) -> None:
+        self._queue_wait.observe(seconds)
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """A gauge read at scrape time: nothing to update on the request path."""
+        Gauge(name, documentation, registry=self.registry).set_function(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -8,7 +8,7 @@ annotations could not see.
 
 import json
 import re
-from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Type
+from typing import Annotated, Any, Dict, List, NamedTuple, Optional, Type, Union
 
 import msgspec
 from msgspec import Meta
@@ -63,7 +63,7 @@ class RequestDecoder:
     def __init__(self, settings: Settings) -> None:
         self._decoder = msgspec.json.Decoder(request_type(settings))
 
-    def decode(self, body: bytes) -> Batch:
+    def decode(self, body: Union[bytes, bytearray]) -> Batch:
         try:
             request: Any = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -101,7 +101,7 @@ def _schema_error(text: str) -> ApiError:
     return ApiError.invalid(path or "body", _sentence_case(message))
 
 
-def _syntax_error(body: bytes, text: str) -> ApiError:
+def _syntax_error(body: Union[bytes, bytearray], text: str) -> ApiError:
     if _SURROGATE_ESCAPE.search(body):
         field = _surrogate_field(body)
         if field is not None:
@@ -116,7 +116,7 @@ def _sentence_case(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
-def _surrogate_field(body: bytes) -> Optional[str]:
+def _surrogate_field(body: Union[bytes, bytearray]) -> Optional[str]:
     """The products[i].<field> holding a lone surrogate; error path only, so slow is fine."""
     try:
         document = json.loads(body)  # the stdlib accepts lone surrogates

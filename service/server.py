@@ -1,11 +1,14 @@
 """One worker: serve the app on the shared port until SIGTERM, then drain and stop.
 
 Shutdown sequence (the same in every worker):
-1. SIGTERM/SIGINT: /readyz turns 503 at once; requests are still served normally,
+1. SIGTERM/SIGINT: /readyz turns 503 at once, and requests queued for the model are
+   answered 503 at once (after a burst that queue holds work for clients that will
+   have given up by the time it is done). New requests are still admitted and served,
    new connections still accepted (closing a SO_REUSEPORT listener would reset the
    connections queued in its accept backlog), responses carry `Connection: close`.
-2. After DRAIN_SECONDS: stop accepting, let in-flight requests finish within
-   GRACE_SECONDS, release the model, return (exit code 0).
+2. After DRAIN_SECONDS: every request still queued or arriving is answered 503; stop
+   accepting, let in-flight model calls finish within GRACE_SECONDS, release the
+   model, return (exit code 0).
 """
 
 from __future__ import annotations
@@ -67,10 +70,13 @@ async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = Non
         if on_ready is not None:
             on_ready()
         await stop.wait()
-        app[STATE].draining = True
-        log.info("draining", extra={"seconds": settings.drain_seconds})
+        state = app[STATE]
+        state.draining = True
+        refused = state.scheduler.refuse_queued()
+        log.info("draining", extra={"seconds": settings.drain_seconds, "refused_queued": refused})
         await asyncio.sleep(settings.drain_seconds)
-        log.info("stopping", extra={"grace_seconds": settings.grace_seconds})
+        refused = state.scheduler.close()
+        log.info("stopping", extra={"grace_seconds": settings.grace_seconds, "refused_queued": refused})
     finally:
         await runner.cleanup()  # stops accepting, waits for in-flight requests
 

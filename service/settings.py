@@ -17,11 +17,19 @@ DEFAULT_MAX_TITLE_CHARS = 1_000
 DEFAULT_MAX_TAGS_CHARS = 5_000
 # A full 10,000-product request with ordinary titles and tags is ~1.5 MiB of JSON.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
-# Micro-batching (service/batcher.py): the most products one shared model call takes.
+# Micro-batching (service/scheduler.py): the most products one shared model call takes.
 # It pays for small requests (measured ~1.9x req/s at 1 title, 32 connections: one model
 # call's ~0.1 ms fixed cost is shared); at 100 products per request merging did not win
 # (0.7-0.8x, noisy), so requests of 64 products or more keep calling the model alone.
 DEFAULT_BATCH_MAX_PRODUCTS = 64
+# Admission control (service/scheduler.py), per worker. A waiting request holds its body
+# and then its decoded strings, together about twice its size: 16 MiB of pending bodies
+# keeps a worker within ~40 MiB over its idle size, whatever the number of clients, and
+# still admits four maximum-size requests at once.
+DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
+# A request that would wait longer than this for the model is refused (503 + Retry-After)
+# rather than answered late: well inside common client time-outs (30 s and more).
+DEFAULT_MAX_QUEUE_SECONDS = 5.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -70,12 +78,19 @@ class Settings:
     # After the drain: seconds in-flight requests get to finish before being cancelled.
     grace_seconds: float = 10.0
     # Micro-batching: concurrent requests of fewer products than this share one model
-    # call of at most this many products (service/batcher.py); bigger requests run alone.
+    # call of at most this many products (service/scheduler.py); bigger requests run alone.
     # 0 turns it off: every request calls the model by itself.
     batch_max_products: int = DEFAULT_BATCH_MAX_PRODUCTS
     # Longest a client may take to send its body once the headers are in: a slow
     # client must not hold a connection (and its memory) forever. 408 after that.
     body_timeout_seconds: float = 30.0
+    # Admission: body bytes of the requests a worker has admitted and not yet answered.
+    # A request that does not fit is refused (503) before its body is read; a worker
+    # with nothing pending admits any request up to MAX_BODY_BYTES.
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    # Admission: longest a request may wait for the model (estimated on arrival, checked
+    # again before its model call); a request that would wait longer gets 503.
+    max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -99,6 +114,12 @@ class Settings:
             ),
             body_timeout_seconds=_read(
                 e, "BODY_TIMEOUT_SECONDS", _float_between(0.1, 3600), cls.body_timeout_seconds
+            ),
+            max_pending_bytes=_read(
+                e, "MAX_PENDING_BYTES", _int_between(1024, 1 << 40), cls.max_pending_bytes
+            ),
+            max_queue_seconds=_read(
+                e, "MAX_QUEUE_SECONDS", _float_between(0.001, 3600), cls.max_queue_seconds
             ),
         )
 

@@ -92,12 +92,14 @@ class Supervisor:
             self.pipes[parent_end] = process
 
     def _loop(self, wake: socket.socket) -> None:
-        deadline: Optional[float] = None
+        deadline: Optional[float] = None  # set once, when stopping starts
+        killed = False
         while self.workers:
-            timeout = None if deadline is None else max(0.0, deadline - _now())
+            timeout = None if deadline is None or killed else max(0.0, deadline - _now())
             events: List[Any] = mpc.wait([wake, *self.pipes, *self.workers], timeout)
-            if not events and deadline is not None and _now() >= deadline:
-                self._kill_all()
+            if not events and deadline is not None and not killed and _now() >= deadline:
+                self._kill_all()  # once; then wait for the kills to be reaped
+                killed = True
             for event in events:
                 if event is wake:
                     self._on_signal(wake)

@@ -7,20 +7,19 @@ promises for its status. FUZZ_EXAMPLES raises the count (`make fuzz`).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
 import subprocess
-import time
 import urllib.request
 from collections import Counter
 from typing import Any, Dict, Iterator
 
 import pytest
 
+from bench import procs
 from tests.datasets import model_file
-from tests.servers import START_TIMEOUT_SECONDS, STOP_TIMEOUT_SECONDS, Launcher, unused_port
+from tests.servers import STOP_TIMEOUT_SECONDS, Launcher, unused_port
 
 schemathesis = pytest.importorskip(
     "schemathesis", reason="schemathesis not installed (in requirements/dev.txt)"
@@ -40,27 +39,13 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "1200"))
 
 
-def wait_ready_sync(proc: subprocess.Popen[str], base: str) -> None:
-    # Not asyncio.run(wait_ready(...)): replacing the event loop that pytest-asyncio leaves
-    # set after async tests would drop it unclosed (a ResourceWarning, an error here).
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.communicate()
-        # Refused while starting; URLError and HTTPError are OSErrors too.
-        with contextlib.suppress(OSError), urllib.request.urlopen(f"{base}/readyz", timeout=5) as response:
-            if response.status == 200:
-                return
-        time.sleep(0.05)
-    pytest.fail("server not ready in time")
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
     launcher = Launcher(str(model_file()), unused_port())
     # LOG_LEVEL: 5xx are caught by status; keep the pipes quiet.
     proc = launcher.spawn(WORKERS="1", DRAIN_SECONDS="0", LOG_LEVEL="CRITICAL")
     try:
-        wait_ready_sync(proc, launcher.base)
+        procs.wait_ready(proc, f"{launcher.base}/readyz")
         yield launcher.base
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -25,10 +25,11 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import aiohttp
 import pytest
 
-from service.handlers import INLINE_MAX_CHARS
+from bench.procs import rss_bytes
+from service.scheduler import INLINE_MAX_CHARS
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,
-    FileLauncher,
+    Launcher,
     wait_exit,
     wait_listeners,
     wait_ready,
@@ -80,7 +81,7 @@ def body_of(products: List[Dict[str, str]]) -> bytes:
 
 
 # (body, expected status, products): small batches run on the event loop, the big one
-# (twice service.handlers.INLINE_MAX_CHARS) on the model thread; one invalid body.
+# (twice service.scheduler.INLINE_MAX_CHARS) on the model thread; one invalid body.
 SOAK_MIX: List[Tuple[bytes, int, int]] = [
     (body_of([product(0)]), 200, 1),
     (body_of([product(i) for i in range(5)]), 200, 5),
@@ -92,26 +93,19 @@ ONE = body_of([product(0)])
 
 
 @pytest.fixture
-def launcher(model_path: str, free_port: int, tmp_path: Path) -> Iterator[FileLauncher]:
-    launch = FileLauncher(model_path, free_port, tmp_path)
+def launcher(model_path: str, free_port: int, tmp_path: Path) -> Iterator[Launcher]:
+    launch = Launcher(model_path, free_port, tmp_path)
     yield launch
     launch.stop_leftovers()
 
 
-async def start(launcher: FileLauncher, **overrides: str) -> subprocess.Popen[str]:
+async def start(launcher: Launcher, **overrides: str) -> subprocess.Popen[str]:
     # No drain unless a test asks for one: stopping leftovers should be quick.
     env = {"WORKERS": "2", "DRAIN_SECONDS": "0", "GRACE_SECONDS": "2", **overrides}
     proc = launcher.spawn(**env)
     await wait_ready(proc, launcher.base)
     await wait_listeners(proc, launcher.port, int(env["WORKERS"]))
     return proc
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def cpu_ticks(pid: int) -> int:
@@ -141,7 +135,7 @@ def check_categories(status: int, payload: bytes, products: int) -> Optional[str
 # --- Soak ----------------------------------------------------------------------------------
 
 
-async def test_soak_no_errors_and_flat_worker_memory(launcher: FileLauncher) -> None:
+async def test_soak_no_errors_and_flat_worker_memory(launcher: Launcher) -> None:
     proc = await start(launcher)
     workers = worker_pids(proc)
     cpu_before = {pid: cpu_ticks(pid) for pid in workers}
@@ -212,7 +206,7 @@ def text_heavy_body(n: int) -> bytes:
     return body_of(products)
 
 
-async def test_worker_memory_flat_under_text_heavy_load(launcher: FileLauncher) -> None:
+async def test_worker_memory_flat_under_text_heavy_load(launcher: Launcher) -> None:
     """Request text must be freed after each request: ~40 KB of it per request here, so a
     server that kept it would grow by MiBs in every window of LEAK_WINDOW_REQUESTS."""
     proc = await start(launcher)
@@ -344,7 +338,7 @@ async def not_http(port: int) -> bytes:
         await close(writer)
 
 
-async def test_misbehaving_clients_do_not_hurt_others(launcher: FileLauncher) -> None:
+async def test_misbehaving_clients_do_not_hurt_others(launcher: Launcher) -> None:
     proc = await start(launcher)
     workers = worker_pids(proc)
     port = launcher.port
@@ -408,7 +402,7 @@ async def test_misbehaving_clients_do_not_hurt_others(launcher: FileLauncher) ->
     assert worker_pids(proc) == workers
 
 
-async def test_aborted_upload_is_not_a_server_error(launcher: FileLauncher) -> None:
+async def test_aborted_upload_is_not_a_server_error(launcher: Launcher) -> None:
     proc = await start(launcher, WORKERS="1", LOG_LEVEL="ERROR")
     for _ in range(3):
         await abort_mid_body(launcher.port)
@@ -436,7 +430,7 @@ def refuses_connections(port: int) -> bool:
         return True
 
 
-async def test_sigterm_fresh_connections_during_drain_all_complete(launcher: FileLauncher) -> None:
+async def test_sigterm_fresh_connections_during_drain_all_complete(launcher: Launcher) -> None:
     """Clients that open a new connection per request after SIGTERM, for part of the drain,
     and an upload still arriving when the drain ends: every one gets a complete 200."""
     drain, grace = 3.0, 3.0
@@ -490,7 +484,7 @@ async def test_sigterm_fresh_connections_during_drain_all_complete(launcher: Fil
     assert refuses_connections(launcher.port)
 
 
-async def test_killed_worker_turns_readiness_off_and_survivor_drains(launcher: FileLauncher) -> None:
+async def test_killed_worker_turns_readiness_off_and_survivor_drains(launcher: Launcher) -> None:
     """After SIGKILL of one worker the service reports itself unready at once, the other
     worker keeps answering during the drain, then the parent exits 1 for a restart."""
     drain, grace = 2.0, 2.0

@@ -1,0 +1,427 @@
+"""The scheduler (service/scheduler.py): admission, batching, inline or thread, dropped
+and refused work. Unit tests use a fake model; the last ones go through the real app."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import AsyncIterator, Callable, Iterator, List, Optional, Sequence, Tuple
+
+import pytest
+
+from service import scheduler as scheduling
+from service.app import create_app
+from service.errors import ApiError
+from service.metrics import Metrics
+from service.scheduler import CostModel, Scheduler
+from service.settings import Settings
+from service.state import STATE
+from tests.conftest import AiohttpClient
+
+INLINE_MAX_CHARS = 1000
+MAX_ROWS = 64
+
+
+class FakeModel:
+    """Upper-cases each title; fails on a title "boom"; records every call and its thread.
+    With `gate` set, each call waits for it (so a test can hold the model busy)."""
+
+    def __init__(self, gate: Optional[threading.Event] = None) -> None:
+        self.calls: List[Tuple[List[str], str]] = []
+        self.gate = gate
+        self.running = 0
+        self.most_running = 0
+
+    def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
+        assert len(titles) == len(tags)
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            self.calls.append((list(titles), threading.current_thread().name))
+            if self.gate is not None:
+                assert self.gate.wait(10), "test gate never opened"
+            if "boom" in titles:
+                raise ValueError("boom in the batch")
+            return [t.upper() + g for t, g in zip(titles, tags)]
+        finally:
+            self.running -= 1
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def executor() -> Iterator[ThreadPoolExecutor]:
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="model") as pool:
+        yield pool
+
+
+def make(
+    model: FakeModel,
+    executor: ThreadPoolExecutor,
+    *,
+    max_rows: int = MAX_ROWS,
+    inline_max_chars: int = INLINE_MAX_CHARS,
+    max_pending_bytes: int = 1 << 30,
+    max_queue_seconds: float = 60.0,
+    clock: Callable[[], float] = Clock(),
+    trim: Callable[[], None] = lambda: None,
+) -> Tuple[Scheduler, Metrics]:
+    metrics = Metrics(["A"])
+    scheduler = Scheduler(
+        model,
+        executor,
+        metrics,
+        max_pending_bytes=max_pending_bytes,
+        max_queue_seconds=max_queue_seconds,
+        batch_max_products=max_rows,
+        inline_max_chars=inline_max_chars,
+        clock=clock,
+        trim=trim,
+    )
+    return scheduler, metrics
+
+
+def submit(
+    scheduler: Scheduler, *titles: str, nbytes: int = 100, gone: Callable[[], bool] = lambda: False
+) -> asyncio.Future[List[str]]:
+    """Admits and runs one request, releasing its ticket when done, as the handler does."""
+    items = list(titles)
+    ticket = scheduler.admit(nbytes)
+
+    async def run() -> List[str]:
+        try:
+            return await scheduler.categorize(ticket, items, [""] * len(items), sum(map(len, items)), gone)
+        finally:
+            scheduler.release(ticket)
+
+    return asyncio.ensure_future(run())
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+# -- batching, inline or thread ------------------------------------------------
+
+
+async def test_a_lone_request_runs_at_once_alone(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor)
+    assert await submit(scheduler, "a", "b") == ["A", "B"]
+    assert [titles for titles, _ in model.calls] == [["a", "b"]]
+
+
+async def test_a_big_request_on_an_idle_worker_runs_in_the_handler(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, max_rows=2)
+    ticket = scheduler.admit(10)
+    # Not awaited through the queue: the call happens before categorize first yields.
+    coroutine = scheduler.categorize(ticket, ["a", "b", "c"], ["", "", ""], 3, lambda: False)
+    with pytest.raises(StopIteration) as done:
+        coroutine.send(None)
+    assert done.value.value == ["A", "B", "C"]
+    assert model.calls[0][1] == threading.current_thread().name
+
+
+async def test_concurrent_requests_share_one_call_and_get_their_own_slice(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor)
+    requests = [submit(scheduler, "a"), submit(scheduler, "b", "c"), submit(scheduler, "d")]
+    results = await asyncio.gather(*requests)
+    assert list(results) == [["A"], ["B", "C"], ["D"]]
+    assert [titles for titles, _ in model.calls] == [["a", "b", "c", "d"]]
+    assert (scheduler.requests, scheduler.calls) == (3, 1)
+
+
+async def test_calls_are_bounded_and_keep_requests_whole(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, max_rows=3)
+    results = await asyncio.gather(*(submit(scheduler, f"t{i}", f"u{i}") for i in range(5)))
+    assert results == [[f"T{i}", f"U{i}"] for i in range(5)]
+    assert all(len(titles) <= 3 for titles, _ in model.calls)
+    assert sum(len(titles) for titles, _ in model.calls) == 10
+
+
+async def test_a_big_request_in_the_queue_runs_alone(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, max_rows=3)
+    results = await asyncio.gather(
+        submit(scheduler, "a"), submit(scheduler, "b", "c", "d"), submit(scheduler, "e")
+    )
+    assert list(results) == [["A"], ["B", "C", "D"], ["E"]]
+    assert [titles for titles, _ in model.calls] == [["a"], ["b", "c", "d"], ["e"]]
+
+
+async def test_requests_arriving_while_a_call_runs_form_the_next_call(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    # inline_max_chars=0: every call goes to the model thread, so the loop runs meanwhile.
+    scheduler, _ = make(model, executor, inline_max_chars=0)
+    first = submit(scheduler, "first")
+    await asyncio.sleep(0)  # the first call starts with only "first" in it
+    later = [submit(scheduler, f"later{i}") for i in range(4)]
+    assert await first == ["FIRST"]
+    assert await asyncio.gather(*later) == [[f"LATER{i}"] for i in range(4)]
+    assert [titles for titles, _ in model.calls] == [["first"], [f"later{i}" for i in range(4)]]
+
+
+async def test_big_calls_run_on_the_model_thread_small_ones_inline(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, inline_max_chars=10)
+    await submit(scheduler, "short")
+    await submit(scheduler, "a much longer title")
+    threads = [thread for _, thread in model.calls]
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("model")
+
+
+async def test_one_model_call_at_a_time(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    scheduler, _ = make(model, executor, max_rows=1, inline_max_chars=0)
+    pending = [submit(scheduler, f"big{i}") for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert len(model.calls) == 1, "a second call started while the first ran"
+    assert scheduler.queued_requests == 2
+    gate.set()
+    assert await asyncio.gather(*pending) == [["BIG0"], ["BIG1"], ["BIG2"]]
+    assert model.most_running == 1
+
+
+async def test_a_failing_request_fails_alone(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor)
+    ok, bad, other = submit(scheduler, "a"), submit(scheduler, "boom"), submit(scheduler, "b", "c")
+    results = await asyncio.gather(ok, bad, other, return_exceptions=True)
+    assert results[0] == ["A"]
+    assert isinstance(results[1], ValueError)
+    assert results[2] == ["B", "C"]
+
+
+async def test_a_cancelled_request_is_left_out(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor)
+    gone, kept = submit(scheduler, "gone"), submit(scheduler, "kept")
+    await asyncio.sleep(0)  # both queued
+    gone.cancel()
+    assert await kept == ["KEPT"]
+    assert [titles for titles, _ in model.calls] == [["kept"]]
+    assert await submit(scheduler, "next") == ["NEXT"]  # idle again, serves the next one
+
+
+# -- work nobody will read -------------------------------------------------------
+
+
+async def test_a_request_whose_client_left_is_dropped_before_its_call(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    scheduler, metrics = make(model, executor, max_rows=1, inline_max_chars=0)
+    left = False
+    running = submit(scheduler, "running")
+    departed = submit(scheduler, "departed", gone=lambda: left)
+    await asyncio.sleep(0.05)
+    left = True  # the client disconnects while its request waits
+    gate.set()
+    assert await running == ["RUNNING"]
+    with pytest.raises(ApiError) as error:
+        await departed
+    assert error.value.status == 499
+    assert [titles for titles, _ in model.calls] == [["running"]]
+    assert sample(metrics, "categorizer_abandoned_requests_total") == 1
+
+
+async def test_a_request_that_waited_too_long_is_refused_not_run(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    clock = Clock()
+    scheduler, metrics = make(
+        model, executor, max_rows=1, inline_max_chars=0, max_queue_seconds=5, clock=clock
+    )
+    running = submit(scheduler, "running")
+    late = submit(scheduler, "late")
+    await asyncio.sleep(0.05)
+    clock.now += 6  # "late" has now waited longer than MAX_QUEUE_SECONDS
+    gate.set()
+    assert await running == ["RUNNING"]
+    with pytest.raises(ApiError) as error:
+        await late
+    assert error.value.status == 503
+    assert int(error.value.headers["Retry-After"]) >= 1
+    assert [titles for titles, _ in model.calls] == [["running"]]
+    assert sample(metrics, "categorizer_refused_requests_total", reason="queue_expired") == 1
+
+
+async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    model = FakeModel(gate)
+    scheduler, metrics = make(model, executor, max_rows=1, inline_max_chars=0)
+    running = submit(scheduler, "running")
+    queued = [submit(scheduler, f"queued{i}") for i in range(3)]
+    await asyncio.sleep(0.05)
+    assert scheduler.refuse_queued() == 3
+    for future in queued:
+        with pytest.raises(ApiError, match="shutting down") as error:
+            await future
+        assert error.value.status == 503
+    assert not running.done()
+    gate.set()
+    assert await running == ["RUNNING"]
+    assert sample(metrics, "categorizer_refused_requests_total", reason="shutting_down") == 3
+    scheduler.close()
+    with pytest.raises(ApiError, match="shutting down"):
+        scheduler.admit(10)
+
+
+# -- admission -----------------------------------------------------------------
+
+
+def test_the_bytes_budget_refuses_with_retry_after_from_the_queue(executor: ThreadPoolExecutor) -> None:
+    scheduler, metrics = make(FakeModel(), executor, max_pending_bytes=1000)
+    first = scheduler.admit(5000)  # an idle worker takes any request
+    with pytest.raises(ApiError) as error:
+        scheduler.admit(10)
+    assert error.value.status == 503
+    retry = int(error.value.headers["Retry-After"])
+    assert retry == max(1, int(-(-scheduler.pending_seconds // 1)))
+    assert sample(metrics, "categorizer_refused_requests_total", reason="pending_bytes") == 1
+    scheduler.release(first)
+    assert (scheduler.pending_requests, scheduler.pending_bytes, scheduler.pending_seconds) == (0, 0, 0.0)
+    scheduler.release(scheduler.admit(900))  # fits again
+
+
+def test_the_time_budget_refuses_work_that_would_wait_too_long(executor: ThreadPoolExecutor) -> None:
+    scheduler, metrics = make(FakeModel(), executor, max_queue_seconds=1.0)
+    scheduler.cost.seconds_per_byte = 1e-6
+    scheduler.admit(600_000)  # ~0.6 s of work
+    scheduler.admit(600_000)  # waits ~0.6 s: admitted
+    with pytest.raises(ApiError) as error:
+        scheduler.admit(10)  # would wait ~1.2 s
+    assert error.value.status == 503
+    assert error.value.headers["Retry-After"] == "2"  # the ~1.2 s of work ahead, rounded up
+    assert sample(metrics, "categorizer_refused_requests_total", reason="queue_time") == 1
+
+
+def test_a_chunked_body_is_counted_as_it_arrives(executor: ThreadPoolExecutor) -> None:
+    scheduler, _ = make(FakeModel(), executor, max_pending_bytes=1000)
+    other = scheduler.admit(400)
+    chunked = scheduler.admit(None)
+    scheduler.grow(chunked, 500)
+    assert scheduler.pending_bytes == 900
+    with pytest.raises(ApiError) as error:
+        scheduler.grow(chunked, 700)
+    assert error.value.status == 503
+    scheduler.release(chunked)
+    scheduler.release(other)
+    assert (scheduler.pending_requests, scheduler.pending_bytes) == (0, 0)
+
+
+def test_the_cost_model_learns_the_machine_speed() -> None:
+    cost = CostModel()
+    for _ in range(50):
+        cost.observe(1_000_000, 2.0)  # 2 us a byte: a slow machine
+    assert cost.estimate(1_000_000) == pytest.approx(2.0, rel=0.01)
+    cost.observe(100, 5.0)  # a tiny call measures its fixed cost, not bytes: ignored
+    assert cost.estimate(1_000_000) == pytest.approx(2.0, rel=0.01)
+
+
+async def test_memory_is_given_back_once_idle_after_a_burst(
+    executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scheduling, "TRIM_DELAY_SECONDS", 0.01)
+    trims: List[int] = []
+    scheduler, _ = make(FakeModel(), executor, trim=lambda: trims.append(1))
+    await submit(scheduler, "small")
+    await asyncio.sleep(0.05)
+    assert trims == [], "trimmed after a small request"
+    await asyncio.gather(*(submit(scheduler, "big", nbytes=scheduling.TRIM_AFTER_BYTES) for _ in range(2)))
+    await asyncio.sleep(0.05)
+    assert trims == [1]
+
+
+# -- through the app -----------------------------------------------------------
+
+
+async def test_service_batches_concurrent_requests(aiohttp_client: AiohttpClient, settings: Settings) -> None:
+    client = await aiohttp_client(create_app(settings))
+    titles = [f"Caneca personalizada {i}" for i in range(20)]
+
+    async def one(title: str) -> List[str]:
+        response = await client.post("/v1/categorize", json={"products": [{"title": title}]})
+        assert response.status == 200
+        categories: List[str] = (await response.json())["categories"]
+        return categories
+
+    together = await asyncio.gather(*(one(t) for t in titles))
+    state = client.app[STATE]
+    alone = [state.model.predict([t], [""]) for t in titles]
+    assert together == alone
+    assert state.scheduler.requests == len(titles)
+    assert state.scheduler.calls < len(titles)
+
+
+async def test_batching_can_be_turned_off(aiohttp_client: AiohttpClient, settings: Settings) -> None:
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, batch_max_products=0)))
+    titles = [f"Caneca personalizada {i}" for i in range(5)]
+    responses = await asyncio.gather(
+        *(client.post("/v1/categorize", json={"products": [{"title": t}]}) for t in titles)
+    )
+    assert [r.status for r in responses] == [200] * 5
+    assert client.app[STATE].scheduler.calls == 5
+
+
+async def test_an_overloaded_worker_answers_503_problem_with_retry_after(
+    aiohttp_client: AiohttpClient, settings: Settings
+) -> None:
+    client = await aiohttp_client(create_app(dataclasses.replace(settings, max_pending_bytes=2048)))
+    release = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"products": [{"title": "Caneca personalizada"'
+        await release.wait()
+        yield b"}]}"
+
+    # A chunked upload that has started holds its place; a 4 KB request does not fit beside it.
+    holding = asyncio.ensure_future(client.post("/v1/categorize", data=slow_body()))
+    state = client.app[STATE]
+    while state.scheduler.pending_requests == 0:  # noqa: ASYNC110 - polls the server's state
+        await asyncio.sleep(0.01)
+    products = [{"title": f"Caneca {i}"} for i in range(200)]
+    refused = await client.post("/v1/categorize", json={"products": products})
+    assert refused.status == 503
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert int(refused.headers["Retry-After"]) >= 1
+    problem = await refused.json()
+    assert problem["status"] == 503
+    assert "busy" in problem["detail"]
+    release.set()
+    held = await holding
+    assert held.status == 200
+    assert (await held.json())["categories"]
+    accepted = await client.post("/v1/categorize", json={"products": products})
+    assert accepted.status == 200, "the budget was not given back"
+    metrics = (await (await client.get("/metrics")).read()).decode()
+    assert 'categorizer_refused_requests_total{reason="pending_bytes"} 1.0' in metrics
+    assert "categorizer_pending_requests 0.0" in metrics
+
+
+def test_admission_settings_are_read_from_the_environment() -> None:
+    env = {"MAX_PENDING_BYTES": "1048576", "MAX_QUEUE_SECONDS": "2.5", "BATCH_MAX_PRODUCTS": "0"}
+    settings = Settings.from_env(env)
+    assert (settings.max_pending_bytes, settings.max_queue_seconds, settings.batch_max_products) == (
+        1048576,
+        2.5,
+        0,
+    )
+    assert Settings.from_env({}).max_pending_bytes == Settings.max_pending_bytes
