@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         openapi=msgspec.json.encode(openapi_document(settings)),
         scheduler=scheduler,
+        discard_slots=asyncio.Semaphore(handlers.DISCARD_SLOTS),
     )
     log.info("model loaded", extra={"model_path": settings.model_path, "labels": len(model.labels)})
     yield
@@ -66,7 +68,6 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 def _scheduler(
     settings: Settings, model: Categorizer, executor: ThreadPoolExecutor, metrics: Metrics
 ) -> Scheduler:
-    memory.configure()
     scheduler = Scheduler(
         model,
         executor,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import msgspec
 from aiohttp import web
@@ -11,6 +12,11 @@ from service.errors import ApiError
 from service.scheduler import Scheduler, Ticket
 from service.schema import CategorizeResponse
 from service.state import STATE, State
+
+# Refused bodies are read and dropped (_discard_body) this many at a time per worker;
+# a refused request waits at most this long for its turn.
+DISCARD_SLOTS = 4
+DISCARD_WAIT_SECONDS = 5.0
 
 _ENCODER = msgspec.json.Encoder()
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -24,7 +30,11 @@ async def categorize(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         raise ApiError.too_large(limit)
     scheduler = state.scheduler
-    ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
+    try:
+        ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
+    except ApiError:
+        await _discard_body(request, state)
+        raise
     try:
         body = await _read_body(request, scheduler, ticket, limit, state.settings.body_timeout_seconds)
         batch = state.decoder.decode(body)
@@ -50,6 +60,39 @@ async def _read_body(
         raise ApiError.body_timeout(timeout) from None
     except ConnectionResetError:  # aiohttp's own disconnect errors subclass it
         raise ApiError.client_gone() from None
+
+
+async def _discard_body(request: web.Request, state: State) -> None:
+    """Reads and drops the body of a refused request before answering it.
+
+    A server that answers and closes while the client is still uploading makes the
+    client see a reset, not the answer. aiohttp's lingering close would read the rest
+    after the answer, but for every refused connection at once: under a burst of large
+    bodies that much reading starves the event loop, and health checks with it. Here
+    at most DISCARD_SLOTS bodies are read at a time; the other clients wait, blocked
+    on their upload, which costs this worker nothing. Past DISCARD_WAIT_SECONDS, or the
+    body time-out, aiohttp's lingering close takes over."""
+    if request.content.at_eof():
+        return
+    limit, timeout = state.settings.max_body_bytes, state.settings.body_timeout_seconds
+    try:
+        await asyncio.wait_for(state.discard_slots.acquire(), DISCARD_WAIT_SECONDS)
+    except asyncio.TimeoutError:
+        return  # a crowd of refused uploads: aiohttp's lingering close reads this one
+    try:
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionResetError):
+            await asyncio.wait_for(_drain(request, limit), timeout)
+    finally:
+        state.discard_slots.release()
+
+
+async def _drain(request: web.Request, limit: int) -> None:
+    seen = 0
+    while seen <= limit:
+        chunk = await request.content.readany()
+        if not chunk:
+            return
+        seen += len(chunk)
 
 
 async def _read_chunks(request: web.Request, scheduler: Scheduler, ticket: Ticket, limit: int) -> bytearray:

@@ -1,26 +1,16 @@
-"""Giving freed memory back to the system (glibc only; elsewhere these do nothing).
+"""Giving freed memory back to the system after a burst (glibc; elsewhere a no-op).
 
-A burst of large requests leaves the worker's heap large: glibc raises its mmap
-threshold after big blocks are freed (so later big blocks come from the heap), and
-freed heap pages stay mapped until trimmed. Two remedies, both measured in
-docs/decisions.md:
-
-- a fixed mmap threshold: request bodies and model buffers of more than 256 KiB are
-  mmapped and unmapped as soon as they are freed;
-- `malloc_trim(0)` once the worker is idle after a burst (service/scheduler.py), for the
-  small objects (decoded titles) freed throughout the heap.
+Freed heap pages stay mapped: after a burst of large requests, a worker would keep the
+burst's peak as its resident size. `malloc_trim(0)` returns every free page of the
+heap, so the scheduler calls it once a worker is idle after a burst (see
+service/scheduler.py and docs/decisions.md for what it gives back).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 from typing import Any, Optional
-
-log = logging.getLogger("categorizer")
-M_MMAP_THRESHOLD = -3  # mallopt parameters, from glibc's malloc.h
-MMAP_THRESHOLD_BYTES = 256 * 1024
 
 
 @functools.cache
@@ -29,16 +19,7 @@ def _libc() -> Optional[Any]:
         libc = ctypes.CDLL(None)  # the process's own symbols, libc's among them
     except OSError:
         return None
-    if not hasattr(libc, "malloc_trim") or not hasattr(libc, "mallopt"):
-        return None  # not glibc (musl, macOS)
-    return libc
-
-
-def configure() -> None:
-    """Fixes the mmap threshold, so big freed blocks return to the system at once."""
-    libc = _libc()
-    if libc is not None and not libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES):
-        log.warning("mallopt(M_MMAP_THRESHOLD) failed; freed memory may return later")
+    return libc if hasattr(libc, "malloc_trim") else None  # not glibc (musl, macOS)
 
 
 def trim() -> None:

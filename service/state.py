@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ class State:
     openapi: bytes  # encoded once: the document depends on the settings only
     # Admission, queue, batching and where each model call runs.
     scheduler: Scheduler
+    # Bounds how many refused bodies this worker reads and drops at once (handlers).
+    discard_slots: asyncio.Semaphore
     # Set on SIGTERM: /readyz answers 503 and responses close their connection.
     draining: bool = False
 

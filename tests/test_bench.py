@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from bench import anchor, load, payloads, run, wrk
-from tests.conftest import Client
+from service.app import create_app
+from service.settings import Settings
+from tests.conftest import AiohttpClient, Client
 from tests.datasets import ROOT
 
 
@@ -38,10 +41,37 @@ async def test_load_tool_reports_requests_and_errors(client: Client) -> None:
     assert summary["requests"] > 0
     assert summary["ok"] == summary["requests"]
     assert summary["titles_per_s"] == pytest.approx(2 * summary["ok"] / summary["seconds"], rel=0.01)
-    assert summary["errors"] == {}
-    missing = await load.run(str(client.make_url("/nope")), 1, 2, 0.2, 10, False)
+    assert summary["failures"] == {}
+    assert not load.report(summary).startswith("FAILED")
+
+
+async def test_load_tool_headlines_failures_not_throughput(client: Client) -> None:
+    missing = await load.run(str(client.make_url("/nope")), 1, 2, 0.2, 10, False, probe="/healthz")
     assert missing["ok"] == 0
-    assert set(missing["errors"]) == {"HTTP 404"}
+    assert missing["ok_per_s"] == 0
+    assert set(missing["failures"]) == {"HTTP 404"}
+    text = load.report(missing)
+    assert text.splitlines()[0].startswith("FAILED: ")
+    assert "0 successful requests" in text
+    assert missing["probe"]["count"] > 0  # /healthz answered meanwhile
+
+
+async def test_load_tool_counts_refusals_apart(aiohttp_client: AiohttpClient, settings: Settings) -> None:
+    # Every request but the first on an idle worker is over this tiny budget.
+    app = create_app(dataclasses.replace(settings, max_pending_bytes=1024))
+    client = await aiohttp_client(app)
+    url = str(client.make_url("/v1/categorize"))
+    summary = await load.run(url, 200, 8, 0.5, 10, False, title_chars=40)
+    assert summary["refused_503"] > 0
+    assert summary["failures"] == {}
+    assert all(seconds >= 1 for seconds in summary["retry_after_s"])
+    assert "refused: " in load.report(summary)
+
+
+def test_padded_titles_have_the_asked_length() -> None:
+    padded = load.padded_titles(["caneca azul", "kit"], 380)
+    assert [len(t) for t in padded] == [380, 379]  # cut at 380, trailing space stripped
+    assert padded[0].startswith("caneca azul caneca azul")
 
 
 @pytest.mark.skipif(not wrk.available(), reason="wrk is not installed (apt-get install wrk)")
