@@ -29,10 +29,12 @@ import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
+from service.settings import Settings
 from tests.conftest import Client
 from tests.datasets import ROOT
 
 DOCS = ("README.md", "docs/api.md")
+COMMITTED_MODEL = ROOT / "artifacts" / "model.onnx"
 ARROW = "→"
 CATEGORIZE = "/v1/categorize"
 JSON = "application/json"
@@ -202,6 +204,12 @@ def parse_examples(text: str, name: str) -> List[Example]:
 
 
 # --- Running them -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:
+    # The docs describe the committed model, whatever MODEL_PATH points other tests at.
+    return dataclasses.replace(settings, model_path=str(COMMITTED_MODEL))
 
 
 async def mismatch(client: Client, example: Example) -> Optional[str]:
