@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any, Dict, List
 
 import pytest
 
@@ -91,6 +92,10 @@ def test_bench_quick_run_writes_results(tmp_path: Path, model_path: str) -> None
     assert data["ceiling"]
     assert data["startup_seconds"] > 0
     assert "req/s" in result.stdout
+    # The quick run measures no anchor: every goal of issue 4 is listed, none is met.
+    assert data["anchor"] == []
+    assert all(row["vs_anchor"] is None for row in service_rows)
+    assert [g["status"] for g in data["goals"]] == ["not measured"] * 4
 
 
 def test_anchor_serves_the_same_contract(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -110,12 +115,44 @@ def test_anchor_serves_the_same_contract(tmp_path: Path, monkeypatch: pytest.Mon
     assert client.get("/healthz").status_code == 200
 
 
-def test_ratios_take_the_faster_of_the_measured_and_the_quoted_anchor() -> None:
-    quoted = run.ANCHOR_REQ_PER_S[100]
-    service = {"titles": 100, "connections": 32, "req_per_s": 1000.0}
-    faster = [{"titles": 100, "connections": 32, "req_per_s": quoted * 2}]
-    slower = [{"titles": 100, "connections": 32, "req_per_s": quoted / 2}]
-    assert run._vs_anchor(service, faster) == round(1000.0 / (quoted * 2), 2)
-    assert run._vs_anchor(service, slower) == round(1000.0 / quoted, 2)
-    # A measurement at other settings is never used.
-    assert run._vs_anchor({**service, "connections": 8}, faster) == round(1000.0 / quoted, 2)
+def service_row(titles: int, connections: int, req_per_s: float, p99_ms: float) -> Dict[str, Any]:
+    return {"titles": titles, "connections": connections, "req_per_s": req_per_s, "p99_ms": p99_ms}
+
+
+def test_ratios_are_only_to_the_anchor_measured_at_the_same_settings() -> None:
+    anchor_rows = [service_row(100, 32, 400.0, 50.0)]
+    assert run._vs_anchor(service_row(100, 32, 1000.0, 9.0), anchor_rows) == 2.5
+    # Another connection count, another request size, or no anchor at all: no ratio.
+    assert run._vs_anchor(service_row(100, 8, 1000.0, 9.0), anchor_rows) is None
+    assert run._vs_anchor(service_row(1, 32, 1000.0, 9.0), anchor_rows) is None
+    assert run._vs_anchor(service_row(100, 32, 1000.0, 9.0), []) is None
+
+
+def results(service: List[Dict[str, Any]], anchor_rows: List[Dict[str, Any]]) -> Dict[str, Any]:
+    for row in service:
+        row["errors"] = 0
+        row["vs_anchor"] = run._vs_anchor(row, anchor_rows)
+    return {"service": service, "anchor": anchor_rows}
+
+
+def test_goals_list_every_goal_of_issue_4_met_missed_or_not_measured() -> None:
+    anchor_rows = [service_row(1, 32, 1000.0, 20.0), service_row(100, 32, 200.0, 80.0)]
+    service = [service_row(1, 32, 12_000.0, 3.0), service_row(100, 32, 900.0, 30.0)]
+    listed = run.goals(results(service, anchor_rows))
+    statuses = [(g["status"], g["measured"]) for g in listed]
+    # 12x >= 10x; 4.5x < 5x; no 1,000-title row; p99 3.0 ms > 20 ms / 10.
+    assert statuses == [("met", 12.0), ("missed", 4.5), ("not measured", None), ("missed", 3.0)]
+    assert "2 ms" in listed[3]["goal"]
+
+
+def test_without_the_anchor_no_goal_is_met_or_missed() -> None:
+    service = [service_row(n, c, 10_000.0, 1.0) for n, c, _ in run.THROUGHPUT_GOALS]
+    listed = run.goals(results(service, []))
+    assert len(listed) == len(run.THROUGHPUT_GOALS) + 1
+    assert {g["status"] for g in listed} == {"not measured"}
+    assert {g["measured"] for g in listed} == {None}
+
+
+def test_quick_run_has_its_own_results_file(tmp_path: Path) -> None:
+    assert run.output_path(None, quick=True) != run.output_path(None, quick=False)
+    assert run.output_path(tmp_path, quick=True) == tmp_path

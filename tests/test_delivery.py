@@ -1,5 +1,6 @@
-"""Container delivery: the Dockerfile lints clean, copies what serving needs, and the
-command and health check it runs work; docker-compose.yml and .dockerignore agree with it.
+"""Container delivery: the Dockerfile lints clean, builds on each Python CI tests (its
+PYTHON_VERSION argument), copies what serving needs, and the command and health check it
+runs work; docker-compose.yml and .dockerignore agree with it.
 
 No Docker engine is needed: the image's filesystem is rebuilt in a temporary directory
 from the Dockerfile's COPY lines, and its CMD and HEALTHCHECK run there against this
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from service.settings import Settings
 from tests.datasets import ROOT
@@ -63,9 +66,9 @@ class Stage:
         raise AssertionError(f"no {keyword} matching {pattern!r} in stage {self.name}")
 
 
-def parse_dockerfile(text: str) -> List[Stage]:
-    """Stages in order; comments dropped, continuation lines joined."""
-    stages: List[Stage] = []
+def instructions(text: str) -> List[Instruction]:
+    """The logical instructions in order; comments dropped, continuation lines joined."""
+    found: List[Instruction] = []
     pending = ""
     start = 0
     for number, raw in enumerate(text.splitlines(), 1):
@@ -79,16 +82,35 @@ def parse_dockerfile(text: str) -> List[Stage]:
             continue
         keyword, _, args = (pending + stripped).partition(" ")
         pending = ""
-        instruction = Instruction(keyword.upper(), args.strip(), start)
+        found.append(Instruction(keyword.upper(), args.strip(), start))
+    assert not pending, "Dockerfile ends inside a continuation line"
+    return found
+
+
+def parse_dockerfile(text: str) -> List[Stage]:
+    """Stages in order; the ARGs before the first FROM are build_args'."""
+    stages: List[Stage] = []
+    for instruction in instructions(text):
         if instruction.keyword == "FROM":
             words = instruction.args.split()
             name = words[2] if len(words) == 3 and words[1].upper() == "AS" else None
             stages.append(Stage(base=words[0], name=name))
-        else:
-            assert stages, f"line {start}: {keyword} before FROM"
+        elif stages:
             stages[-1].instructions.append(instruction)
-    assert not pending, "Dockerfile ends inside a continuation line"
+        else:
+            assert instruction.keyword == "ARG", f"line {instruction.line}: {instruction.keyword} before FROM"
     return stages
+
+
+def build_args(text: str) -> Dict[str, Optional[str]]:
+    """The ARGs before the first FROM (the ones FROM lines can use), with their defaults."""
+    args: Dict[str, Optional[str]] = {}
+    for instruction in instructions(text):
+        if instruction.keyword == "FROM":
+            break
+        name, equals, default = instruction.args.partition("=")
+        args[name] = default if equals else None
+    return args
 
 
 def lineage(stages: List[Stage], stage: Stage) -> List[Stage]:
@@ -153,11 +175,14 @@ def serve(stages: List[Stage]) -> Stage:
 
 
 def test_parser_reads_continuations_stages_and_forms() -> None:
-    stages = parse_dockerfile(
-        '# syntax=docker/dockerfile:1\nFROM a:1 AS one\nENV A=1 \\\n    # note\n    B="x y"\n'
-        'FROM one AS two\nHEALTHCHECK --interval=5s CMD ["t", "1"]\nCMD python api.py\n'
+    text = (
+        "# syntax=docker/dockerfile:1\nARG V=1\nARG W\nFROM a:${V} AS one\nENV A=1 \\\n    # note\n"
+        '    B="x y"\nFROM one AS two\nARG X=2\nHEALTHCHECK --interval=5s CMD ["t", "1"]\n'
+        "CMD python api.py\n"
     )
-    assert [(s.base, s.name) for s in stages] == [("a:1", "one"), ("one", "two")]
+    stages = parse_dockerfile(text)
+    assert build_args(text) == {"V": "1", "W": None}
+    assert [(s.base, s.name) for s in stages] == [("a:${V}", "one"), ("one", "two")]
     assert env_of(lineage(stages, stages[1])) == {"A": "1", "B": "x y"}
     health = stages[1].last("HEALTHCHECK")
     assert health is not None
@@ -214,12 +239,80 @@ def test_hadolint_does_flag_a_bad_dockerfile(tmp_path: Path) -> None:
 # --- What the image holds and runs -----------------------------------------------------------
 
 
-def test_base_image_is_the_primary_python_slim(stages: List[Stage]) -> None:
-    primary = (ROOT / ".python-version").read_text().strip()  # e.g. 3.9.18
+def minor(version: str) -> str:
+    """3.9.18 -> 3.9"""
+    return ".".join(version.split(".")[:2])
+
+
+def ci_pythons() -> Dict[str, str]:
+    """The Pythons CI runs the whole suite on, as X.Y: .python-version's and .ci/run's newest."""
+    newest = re.search(r"NEWEST_PYTHON_VERSION:-([\d.]+)", (ROOT / ".ci" / "run").read_text())
+    assert newest is not None, ".ci/run no longer names its newest Python"
+    return {
+        "primary": minor((ROOT / ".python-version").read_text().strip()),
+        "newest": minor(newest.group(1)),
+    }
+
+
+def test_python_is_a_build_argument_defaulting_to_the_primary(stages: List[Stage]) -> None:
+    default = build_args(DOCKERFILE.read_text(encoding="utf-8")).get("PYTHON_VERSION")
+    assert default == ci_pythons()["primary"]
+    names = {s.name for s in stages}
     for stage in stages:
-        if stage.base in {s.name for s in stages}:
+        if stage.base in names:
             continue
-        assert re.fullmatch(rf"python:{re.escape(primary)}-slim(-\w+)?", stage.base), stage.base
+        # A minor-version tag, no patch release and no digest: a rebuild picks up fixes.
+        assert re.fullmatch(r"python:\$\{PYTHON_VERSION\}-slim-[a-z]+", stage.base), stage.base
+
+
+def requirement_files(path: Path) -> List[Path]:
+    """The file and those it includes with -r, as pip reads them."""
+    files = [path]
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("-r "):
+            files += requirement_files(path.parent / line[3:].strip())
+    return files
+
+
+def pins_for(path: Path, python: str) -> Dict[str, List[str]]:
+    """The pins pip would install from path on Linux with that Python, by package named."""
+    # Marker.evaluate lays these over this interpreter's own environment.
+    environment = {
+        "python_version": python,
+        "python_full_version": f"{python}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+    }
+    pins: Dict[str, List[str]] = {}
+    for file in requirement_files(path):
+        for line in file.read_text(encoding="utf-8").splitlines():
+            if not line.strip() or line.startswith(("#", "-r ")):
+                continue
+            requirement = Requirement(line)
+            # Every package named gets an entry, so that one left out by its markers shows.
+            chosen = pins.setdefault(canonicalize_name(requirement.name), [])
+            if requirement.marker is None or requirement.marker.evaluate(environment):
+                chosen.append(str(requirement.specifier))
+    return pins
+
+
+@pytest.mark.parametrize("which", ["primary", "newest"])
+@pytest.mark.parametrize("target", ["serve", "train"])
+def test_each_python_ci_tests_gets_one_exact_pin_per_package(
+    stages: List[Stage], target: str, which: str
+) -> None:
+    # PYTHON_VERSION may be any Python CI tests: the image's requirements must hold a pin
+    # for it, once, of every package (an environment marker that leaves one out, or two
+    # that both match, would break `pip install` in the image or make it unpinned).
+    [stage] = [s for s in stages if s.name == target]
+    install = stage.instructions[stage.index("RUN", r"pip install")]
+    files = re.findall(r"-r (\S+)", install.args)
+    assert files, install.args
+    for name in files:
+        pins = pins_for(ROOT / name, ci_pythons()[which])
+        assert pins
+        assert {package: specs for package, specs in pins.items() if len(specs) != 1} == {}
+        assert all(specs[0].startswith("==") for specs in pins.values()), pins
 
 
 def test_serve_stage_copies_only_what_serving_needs(stages: List[Stage], serve: Stage) -> None:
@@ -485,6 +578,20 @@ def test_compose_builds_the_dockerfile_targets(compose: Dict[str, Any], stages: 
         assert (ROOT / build["context"] / build.get("dockerfile", "Dockerfile")).resolve() == DOCKERFILE
         assert build.get("target", stages[-1].name) in names
     assert services["api"]["build"].get("target", stages[-1].name) == stages[-1].name
+
+
+def test_compose_build_args_default_to_the_dockerfiles(compose: Dict[str, Any]) -> None:
+    declared = build_args(DOCKERFILE.read_text(encoding="utf-8"))
+    for service in compose["services"].values():
+        args = service["build"].get("args", {})
+        assert set(args) <= set(declared), f"not ARGs of the Dockerfile: {set(args) - set(declared)}"
+        for name, value in args.items():
+            # `${NAME:-default}`: the variable, else the Dockerfile's own default, so that
+            # `docker compose build` and `docker build` make the same image.
+            found = re.fullmatch(r"\$\{(\w+):-([^}]*)\}", str(value))
+            assert found is not None, value
+            assert found.groups() == (name, declared[name])
+    assert "PYTHON_VERSION" in compose["services"]["api"]["build"]["args"]
 
 
 def test_compose_api_port_env_and_stop_period(compose: Dict[str, Any], serve: Stage) -> None:
