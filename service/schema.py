@@ -150,8 +150,27 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
                 "content": {"application/json": {"schema": response_ref}},
             },
             "400": {"description": "Invalid body; `field` names the offending field.", "content": problem},
+            "408": {
+                "description": f"Body not received within {settings.body_timeout_seconds:g} s.",
+                "content": problem,
+            },
             "413": {"description": f"Body over {settings.max_body_bytes} bytes.", "content": problem},
             "500": {"description": "Server bug (logged); generic message.", "content": problem},
+            "503": {
+                "description": (
+                    "Busy (admission control: the request would wait longer than "
+                    f"{settings.max_queue_seconds:g} s, or its body does not fit the pending "
+                    "budget) or shutting down; retry after `Retry-After` seconds, on this "
+                    "server or another."
+                ),
+                "headers": {
+                    "Retry-After": {
+                        "description": "Seconds until the work queued now is done.",
+                        "schema": {"type": "integer", "minimum": 1},
+                    }
+                },
+                "content": problem,
+            },
         },
     }
     ready = {

@@ -373,7 +373,10 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     assert schemas["CategorizeRequest"]["properties"]["products"]["maxItems"] == settings.max_products
     assert schemas["Product"]["properties"]["title"]["maxLength"] == settings.max_title_chars
     assert schemas["Product"]["required"] == ["title"]
-    assert "/v1/categorize" in doc["paths"]
+    responses = doc["paths"]["/v1/categorize"]["post"]["responses"]
+    # Every status the handler answers (499 goes to a client that has left: nobody reads it).
+    assert set(responses) == {"200", "400", "408", "413", "500", "503"}
+    assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
 
 
 # --- Fuzzing: nothing a client sends gets a 5xx ---------------------------------------------
