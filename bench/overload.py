@@ -6,7 +6,7 @@ Starts `python api.py` with default settings (or `--env K=V`, or another checkou
 1. a burst: `--clients` concurrent clients each POST bodies of `--titles` products with
    titles of `--title-chars` characters (10,000 x 380: ~4 MB) for `--duration` seconds,
    with a `--timeout` per request, while a liveness probe hits /healthz every 100 ms
-   and the process tree's RSS is sampled every 100 ms;
+   and the process tree's RSS is sampled every 50 ms;
 2. `--settle` seconds of rest, then the tree's RSS again (memory given back?);
 3. a second, shorter burst, and SIGTERM to the service as soon as its clients stop
    sending: how the requests still waiting end, how long the service takes to exit,
@@ -23,7 +23,6 @@ import asyncio
 import json
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -35,30 +34,6 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "overload.json"
 # The service's defaults, spelled out so that the exit deadline below matches them.
 DRAIN_SECONDS = 5.0
 GRACE_SECONDS = 10.0
-
-
-class RssSampler:
-    """Peak RSS of a process tree, sampled on a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.1) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, procs.tree_rss_bytes(self.pid))
-            self._stop.wait(self.interval)
 
 
 def mb(nbytes: int) -> float:
@@ -108,7 +83,7 @@ def scenario(args: argparse.Namespace, logs: Path) -> Dict[str, Any]:
     try:
         time.sleep(1.0)
         idle = procs.tree_rss_bytes(server.proc.pid)
-        with RssSampler(server.proc.pid) as sampler:
+        with procs.PeakRss(server.proc.pid) as sampler:
             first = asyncio.run(burst(server, args, args.duration))
             time.sleep(args.settle)
             settled = procs.tree_rss_bytes(server.proc.pid)

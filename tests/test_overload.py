@@ -10,7 +10,6 @@ import asyncio
 import json
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator
@@ -69,26 +68,6 @@ async def burst(launcher: Launcher, seconds: float = BURST_SECONDS) -> Dict[str,
     return await load.run(url, PRODUCTS, CLIENTS, seconds, 30.0, False, TITLE_CHARS, "/healthz")
 
 
-class PeakRss:
-    def __init__(self, pid: int) -> None:
-        self.pid = pid
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample)
-
-    def _sample(self) -> None:
-        while not self._stop.wait(0.05):
-            self.peak = max(self.peak, procs.tree_rss_bytes(self.pid))
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def mb(nbytes: int) -> float:
     return nbytes / 2**20
 
@@ -98,7 +77,7 @@ async def test_a_burst_is_answered_200_or_503_with_bounded_memory_and_live_healt
 ) -> None:
     proc = await start(launcher)
     idle = procs.tree_rss_bytes(proc.pid)
-    with PeakRss(proc.pid) as rss:
+    with procs.PeakRss(proc.pid) as rss:
         summary = await burst(launcher)
     assert summary["failures"] == {}, load.report(summary)
     assert summary["ok"] > 0, load.report(summary)
