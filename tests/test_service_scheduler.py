@@ -9,7 +9,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Iterator, List, Optional, Sequence, Tuple
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from service import scheduler as scheduling
 from service.app import create_app
@@ -17,7 +19,7 @@ from service.errors import ApiError
 from service.metrics import Metrics
 from service.scheduler import CostModel, Scheduler
 from service.settings import Settings
-from service.state import STATE
+from service.state import STATE, State
 from tests.conftest import AiohttpClient
 
 INLINE_MAX_CHARS = 1000
@@ -103,6 +105,14 @@ def submit(
             scheduler.release(ticket)
 
     return asyncio.ensure_future(run())
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Polls the server's state (a test cannot await it) until `condition` holds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition never held"
+        await asyncio.sleep(0.005)
 
 
 def sample(metrics: Metrics, name: str, **labels: str) -> float:
@@ -395,8 +405,7 @@ async def test_an_overloaded_worker_answers_503_problem_with_retry_after(
     # A chunked upload that has started holds its place; a 4 KB request does not fit beside it.
     holding = asyncio.ensure_future(client.post("/v1/categorize", data=slow_body()))
     state = client.app[STATE]
-    while state.scheduler.pending_requests == 0:  # noqa: ASYNC110 - polls the server's state
-        await asyncio.sleep(0.01)
+    await until(lambda: state.scheduler.pending_requests > 0)
     products = [{"title": f"Caneca {i}"} for i in range(200)]
     refused = await client.post("/v1/categorize", json={"products": products})
     assert refused.status == 503
@@ -425,3 +434,52 @@ def test_admission_settings_are_read_from_the_environment() -> None:
         0,
     )
     assert Settings.from_env({}).max_pending_bytes == Settings.max_pending_bytes
+
+
+async def test_a_client_that_leaves_while_queued_costs_no_model_call(
+    settings: Settings, free_port: int
+) -> None:
+    # A runner of our own, as service/server.py makes it: aiohttp's test server cancels
+    # a handler whose client leaves (handler_cancellation), the real one does not.
+    app = create_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", free_port).start()
+        await _leave_while_queued(app[STATE], f"http://127.0.0.1:{free_port}")
+    finally:
+        await runner.cleanup()
+
+
+async def _leave_while_queued(state: State, base: str) -> None:
+    calls: List[int] = []
+    real_predict = state.model.predict
+
+    def counting_predict(titles: Sequence[str], tags: Sequence[str]) -> List[str]:
+        calls.append(len(titles))
+        return real_predict(titles, tags)
+
+    state.model.predict = counting_predict  # type: ignore[method-assign]
+    async with aiohttp.ClientSession() as session:
+        # A big request occupies the model thread (2,000 long titles) ...
+        big = {"products": [{"title": f"Caneca personalizada {i} " * 16} for i in range(2000)]}
+        running = asyncio.ensure_future(session.post(f"{base}/v1/categorize", json=big))
+        await until(lambda: bool(calls))
+        # ... while a one-title request queues behind it, and its client hangs up.
+        _, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
+        body = b'{"products": [{"title": "Caneca azul"}]}'
+        head = f"POST /v1/categorize HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        writer.write(head.encode() + body)
+        await writer.drain()
+        await until(lambda: state.scheduler.queued_requests > 0)
+        writer.close()
+        await writer.wait_closed()
+        response = await running
+        assert response.status == 200
+        response.release()
+        await until(lambda: state.scheduler.pending_requests == 0)  # the dropped one's answer
+        assert sum(calls) == len(big["products"]), f"the departed request ran: {calls}"
+        async with session.get(f"{base}/metrics") as metrics:
+            text = await metrics.text()
+    assert "categorizer_abandoned_requests_total 1.0" in text
+    assert 'categorizer_http_requests_total{route="/v1/categorize",status="499"} 1.0' in text
