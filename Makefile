@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train bench bench-quick fuzz clean
+.PHONY: run test lint format train bench bench-quick bench-overload fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench: $(VENV)/.dev
 
 bench-quick: $(VENV)/.dev
 	$(BIN)/python -m bench --quick
+
+# Issue 12's overload scenario: 256 clients x 4 MB bodies, then SIGTERM (~1 min).
+bench-overload: $(VENV)/.dev
+	$(BIN)/python -m bench.overload
 
 FUZZ_EXAMPLES ?= 20000
 # Longer schemathesis run against a live server (CI runs 1,200 cases).

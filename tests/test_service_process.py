@@ -13,6 +13,7 @@ from typing import Dict, Iterator, List
 import aiohttp
 import pytest
 
+from bench import procs
 from tests.datasets import ROOT
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,
@@ -156,6 +157,22 @@ async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> Non
     assert code == 1
     assert f"worker {workers[0]} exited unexpectedly" in stderr
     assert "Traceback" not in stderr
+
+
+async def test_a_worker_that_will_not_stop_is_killed_once(launcher: Launcher) -> None:
+    # A stopped worker cannot take its SIGTERM: past drain + grace + the margin, the
+    # supervisor kills it, says so once, and exits 1 (it used to repeat the kill, and
+    # the line, on every pass of its loop until the worker was reaped).
+    proc = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0", GRACE_SECONDS="0")
+    await wait_ready(proc, launcher.base)
+    stuck, _ = worker_pids(proc)
+    os.kill(stuck, signal.SIGSTOP)
+    proc.send_signal(signal.SIGTERM)
+    code = await wait_exit(proc)
+    _, stderr = proc.communicate()
+    assert code == 1
+    assert stderr.count("did not stop in time") == 1, stderr
+    assert procs.rss_bytes(stuck) == 0, "the stuck worker is still alive"  # gone, or a zombie
 
 
 @pytest.mark.parametrize("workers", ["2", "1"])
