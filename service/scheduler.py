@@ -222,6 +222,8 @@ class Scheduler:
     ) -> List[str]:
         """The categories of an admitted request's products, in order. `gone()` tells
         whether its client has left; ApiError(503 or 499) when it is not run."""
+        if self._closed:  # admitted before the drain ended, its body read only after
+            self._refuse("shutting_down", "the server is shutting down")
         if not self._busy and not self._batchable(len(titles)) and chars <= self._inline_max_chars:
             # Idle and nothing to share a call with: run now, with no queue hop.
             self.calls += 1

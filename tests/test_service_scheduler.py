@@ -483,3 +483,15 @@ async def _leave_while_queued(state: State, base: str) -> None:
             text = await metrics.text()
     assert "categorizer_abandoned_requests_total 1.0" in text
     assert 'categorizer_http_requests_total{route="/v1/categorize",status="499"} 1.0' in text
+
+
+async def test_a_request_decoded_after_the_drain_ended_is_refused(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, metrics = make(model, executor)
+    ticket = scheduler.admit(100)  # admitted while serving; its body still arriving ...
+    scheduler.close()  # ... when the drain ends
+    with pytest.raises(ApiError, match="shutting down"):
+        await scheduler.categorize(ticket, ["late"], [""], 4, lambda: False)
+    scheduler.release(ticket)
+    assert model.calls == []
+    assert sample(metrics, "categorizer_refused_requests_total", reason="shutting_down") == 1
