@@ -23,7 +23,13 @@ def main() -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_SETTINGS
     # Imported after the settings check: a typo in the environment fails fast.
+    from service.ports import taken
     from service.supervisor import EXIT_STARTUP, Supervisor
+
+    reason = taken(settings.host, settings.port)
+    if reason is not None:
+        print(f"error: {reason}", file=sys.stderr)
+        return EXIT_STARTUP
 
     if settings.workers > 1:
         return Supervisor(settings).run()

@@ -1,17 +1,20 @@
-"""Logging as JSON lines on stderr, and an optional sampled access log."""
+"""Logging as JSON lines on stderr, for the supervisor and the workers alike.
+
+Light on purpose (no aiohttp): the supervisor imports it. The access log is in
+service/access_log.py."""
 
 from __future__ import annotations
 
 import logging
-import random
 import sys
-from typing import Any, Dict, Type
+from typing import Any, Dict
 
 import msgspec
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
 
-ACCESS_LOGGER = "categorizer.access"
+from service.identity import model_version
+from service.settings import Settings
+
+log = logging.getLogger("categorizer")
 # LogRecord attributes that are not `extra=` fields.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _ENCODER = msgspec.json.Encoder()
@@ -43,29 +46,15 @@ def configure(level: str) -> None:
     root.setLevel(level)
 
 
-class _SampledAccessLogger(AbstractAccessLogger):
-    sample_rate = 1.0
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
-        if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
-            return
-        self.logger.info(
-            "access",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_ms": round(time_taken * 1000, 3),
-                "bytes": response.body_length,
-                "remote": request.remote,
-            },
-        )
-
-
-def access_logger_class(sample_rate: float) -> Type[AbstractAccessLogger]:
-    """aiohttp instantiates the class itself, so the rate travels as a class attribute."""
-    return type("SampledAccessLogger", (_SampledAccessLogger,), {"sample_rate": sample_rate})
-
-
-def access_logger() -> logging.Logger:
-    return logging.getLogger(ACCESS_LOGGER)
+def log_serving(settings: Settings, workers: int) -> None:
+    """The one line that says the service is up: where, how many workers, which model."""
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    log.info(
+        "serving",
+        extra={
+            "url": f"http://{host}:{settings.port}",
+            "workers": workers,
+            "model_version": model_version(settings.model_path),
+            "model_path": settings.model_path,
+        },
+    )

@@ -19,9 +19,10 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
+from service.access_log import access_logger, access_logger_class
 from service.app import create_app
 from service.categorizer import ModelError
-from service.logs import access_logger, access_logger_class
+from service.logs import log_serving
 from service.settings import Settings
 from service.signals import STOP_SIGNALS, accept_stop_signals
 from service.state import STATE
@@ -66,8 +67,10 @@ async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = Non
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
-        log.info("serving", extra={"host": settings.host, "port": settings.port})
-        if on_ready is not None:
+        if on_ready is None:  # serving alone: this is the service's start-up line
+            log_serving(settings, 1)
+        else:  # a worker: the supervisor says it once all are up
+            log.info("worker serving", extra={"host": settings.host, "port": settings.port})
             on_ready()
         await stop.wait()
         state = app[STATE]

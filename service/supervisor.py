@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
@@ -27,8 +28,11 @@ import time
 from multiprocessing.process import BaseProcess
 from typing import Any, Dict, List, Optional, Set
 
+from service.logs import configure, log_serving
 from service.settings import Settings
 from service.signals import STOP_SIGNALS, accept_stop_signals, defer_stop_signals
+
+log = logging.getLogger("categorizer")
 
 EXIT_STARTUP = 3  # the model or the port is unusable: fix the config, do not retry
 EXIT_WORKER_DIED = 1
@@ -42,8 +46,7 @@ def worker_main(settings: Settings, conn: mpc.Connection) -> None:
     """Entry point of a worker process."""
     defer_stop_signals()
     conn.send(STARTED)
-    from service.logs import configure  # here: keeps the parent light
-    from service.server import StartupError, run_worker
+    from service.server import StartupError, run_worker  # here: keeps the parent light
 
     configure(settings.log_level)
     try:
@@ -64,6 +67,7 @@ class Supervisor:
         self.exit_code = 0
 
     def run(self) -> int:
+        configure(self.settings.log_level)
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -129,6 +133,8 @@ class Supervisor:
                 self._signal(process)
         elif message == READY:
             self.ready.add(process.pid or 0)
+            if len(self.ready) == self.settings.workers:
+                log_serving(self.settings, self.settings.workers)
         elif not self.stopping:  # a start-up error: report the first one only
             print(f"error: {message}", file=sys.stderr)
             self.exit_code = EXIT_STARTUP
@@ -144,7 +150,7 @@ class Supervisor:
             if process.exitcode != 0 and self.exit_code == 0:
                 self.exit_code = EXIT_WORKER_DIED
             return
-        print(f"error: worker {process.pid} exited unexpectedly (code {process.exitcode})", file=sys.stderr)
+        log.error("worker exited unexpectedly", extra={"pid": process.pid, "exit_code": process.exitcode})
         self.exit_code = EXIT_WORKER_DIED
         self._stop_all()
 
@@ -159,7 +165,9 @@ class Supervisor:
             os.kill(process.pid, signal.SIGTERM)
 
     def _kill_all(self) -> None:
-        print("error: workers did not stop in time; killing them", file=sys.stderr)
+        seconds = self.settings.drain_seconds + self.settings.grace_seconds + STOP_MARGIN_SECONDS
+        pids = [process.pid for process in self.workers.values()]
+        log.error("workers did not stop in time; killing them", extra={"pids": pids, "seconds": seconds})
         self.exit_code = EXIT_WORKER_DIED
         for process in self.workers.values():
             process.kill()

@@ -4,10 +4,11 @@ of bench/procs.py, with pytest's failures and asyncio-friendly waits."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 import pytest
 
@@ -105,3 +106,16 @@ async def wait_children(proc: subprocess.Popen[str], count: int) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "workers not started in time"
         await asyncio.sleep(0.005)
+
+
+def log_records(stderr: str) -> List[Dict[str, Any]]:
+    """The JSON log lines of a server's stderr; fails the test on a line that is not one."""
+    records = []
+    for line in stderr.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            pytest.fail(f"not a JSON log line: {line!r}")
+        assert isinstance(record, dict), line
+        records.append(record)
+    return records

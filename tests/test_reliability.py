@@ -30,6 +30,7 @@ from service.scheduler import INLINE_MAX_CHARS
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,
     Launcher,
+    log_records,
     wait_exit,
     wait_listeners,
     wait_ready,
@@ -537,7 +538,8 @@ async def test_killed_worker_turns_readiness_off_and_survivor_drains(launcher: L
     late_failures = [(t, o) for t, o in after_kill if o != "200" and t > unready_after + 0.5]
     assert late_failures == [], late_failures[:5]
     assert code == 1
-    assert f"worker {victim} exited unexpectedly" in stderr
+    died = [r for r in log_records(stderr) if r["message"] == "worker exited unexpectedly"]
+    assert [r["pid"] for r in died] == [victim]
     assert "Traceback" not in stderr
     assert exited_after < drain + grace + STOP_TIMEOUT_SECONDS
     assert not Path(f"/proc/{survivor}").exists(), "the surviving worker outlived its parent"

@@ -14,13 +14,16 @@ import aiohttp
 import pytest
 
 from bench import procs
+from service.identity import model_version
 from tests.datasets import ROOT
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,
     Launcher,
     api_env,
+    log_records,
     wait_children,
     wait_exit,
+    wait_listeners,
     wait_ready,
     worker_pids,
 )
@@ -104,6 +107,40 @@ def launcher(model_path: str, free_port: int) -> Iterator[Launcher]:
     launch.stop_leftovers()
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_a_second_instance_on_the_same_port_is_refused(launcher: Launcher, workers: str) -> None:
+    # SO_REUSEPORT lets the workers of one service share the port; it would also let a
+    # stale second instance join them silently and answer part of the traffic.
+    first = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0")
+    await wait_ready(first, launcher.base)
+    await wait_listeners(first, launcher.port, 2)
+    env = api_env(MODEL_PATH=launcher.model_path, PORT=str(launcher.port), WORKERS=workers)
+    second = await asyncio.to_thread(run_api, env)
+    assert second.returncode == 3
+    assert_one_line_error(second, str(launcher.port), "another server")
+    assert first.poll() is None
+    assert len(procs.listening_inodes(launcher.port)) == 2  # the first one's workers only
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_one_start_up_line_gives_the_url_the_workers_and_the_model(
+    launcher: Launcher, workers: str
+) -> None:
+    proc = launcher.spawn(WORKERS=workers, DRAIN_SECONDS="0", LOG_LEVEL="INFO")
+    await wait_ready(proc, launcher.base)
+    await wait_listeners(proc, launcher.port, int(workers))
+    await asyncio.sleep(0.2)  # the supervisor logs once every worker has said it is ready
+    proc.send_signal(signal.SIGTERM)
+    await wait_exit(proc)
+    _, stderr = proc.communicate()
+    serving = [r for r in log_records(stderr) if r["message"] == "serving"]
+    assert len(serving) == 1, stderr
+    assert serving[0]["url"] == launcher.base
+    assert serving[0]["workers"] == int(workers)
+    assert serving[0]["model_version"] == model_version(launcher.model_path)
+    assert len(serving[0]["model_version"]) == 12
+
+
 @pytest.mark.parametrize("workers", ["2", "1"])
 async def test_sigterm_drains_without_losing_requests(launcher: Launcher, workers: str) -> None:
     proc = launcher.spawn(WORKERS=workers, DRAIN_SECONDS="1", GRACE_SECONDS="5")
@@ -155,7 +192,8 @@ async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> Non
     code = await wait_exit(proc)
     _, stderr = proc.communicate()
     assert code == 1
-    assert f"worker {workers[0]} exited unexpectedly" in stderr
+    died = [r for r in log_records(stderr) if r["message"] == "worker exited unexpectedly"]
+    assert [(r["level"], r["pid"]) for r in died] == [("ERROR", workers[0])]
     assert "Traceback" not in stderr
 
 
@@ -171,7 +209,9 @@ async def test_a_worker_that_will_not_stop_is_killed_once(launcher: Launcher) ->
     code = await wait_exit(proc)
     _, stderr = proc.communicate()
     assert code == 1
-    assert stderr.count("did not stop in time") == 1, stderr
+    killed = [r for r in log_records(stderr) if "did not stop in time" in r["message"]]
+    assert len(killed) == 1, stderr
+    assert killed[0]["pids"] == [stuck]
     assert procs.rss_bytes(stuck) == 0, "the stuck worker is still alive"  # gone, or a zombie
 
 
