@@ -179,7 +179,15 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
     }
     return {
         "openapi": "3.1.0",
-        "info": {"title": "Elo7 product categorizer", "version": "1"},
+        "info": {
+            "title": "Elo7 product categorizer",
+            "version": "1",
+            "description": (
+                "Every error is application/problem+json (RFC 9457). Besides the statuses "
+                "listed per operation, a path not listed here answers 404, and a method not "
+                "listed for a path answers 405 with an Allow header."
+            ),
+        },
         "paths": {
             "/v1/categorize": {"post": categorize},
             "/healthz": {"get": {"summary": "Process alive.", "responses": {"200": plain("Alive.")}}},

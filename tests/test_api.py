@@ -377,6 +377,8 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     # Every status the handler answers (499 goes to a client that has left: nobody reads it).
     assert set(responses) == {"200", "400", "408", "413", "500", "503"}
     assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
+    assert "404" in doc["info"]["description"]
+    assert "405" in doc["info"]["description"]
 
 
 # --- Fuzzing: nothing a client sends gets a 5xx ---------------------------------------------
