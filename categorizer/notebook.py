@@ -47,6 +47,7 @@ SETUP = "Setup"
 # Tables render as text in the Markdown copy: pandas' HTML carries a <style>
 # block that code hosts print as text.
 RENDER_PRIORITY = ["text/markdown", "image/png", "text/plain"]
+PROGRESS_FORMAT = "{desc}{bar:30} {n}/{total} cells [{elapsed}]"
 
 
 @dataclass
@@ -86,7 +87,10 @@ class Progress:
         self._step_started = time.perf_counter()
         self.current = self._steps[0].title if self._steps else SETUP
         total = sum(len(step.cells) for step in self._steps)
-        self._bar = tqdm(total=total, unit="cell", disable=not bar, leave=False, file=sys.stderr)
+        # No rate or ETA: cells take from milliseconds to a minute, so both would mislead.
+        self._bar = tqdm(
+            total=total, disable=not bar, leave=False, file=sys.stderr, bar_format=PROGRESS_FORMAT
+        )
 
     def cell_execute(self, cell_index: int, **_: Any) -> None:
         self.current = self._step_of[cell_index].title
