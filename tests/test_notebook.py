@@ -22,6 +22,7 @@ import pytest
 from onnx import numpy_helper
 
 from categorizer import data, export, notebook, prepare
+from categorizer.config import DEFAULT_TEST_PRODUCTS_PATH
 from tests.datasets import ROOT, model_file, public_test_csv, skip_or_fail
 
 NOTEBOOK = ROOT / "treinamento.ipynb"
@@ -122,8 +123,13 @@ def test_the_run_prints_a_line_per_step_then_the_files_it_wrote(trained: Run) ->
     lines = trained.stdout.splitlines()
     step_lines = [line for line in lines if re.fullmatch(r"\S.*\S +\d+\.\d s", line)]
     assert [line.rsplit(maxsplit=2)[0] for line in step_lines] == titles
-    # Each step's headline lines follow it, indented.
-    assert lines[lines.index(step_lines[1]) + 1].startswith("    ")
+    # Each step's headline lines follow it, indented: the validation step's are its metrics.
+    validation = lines[lines.index(step_lines[4]) + 1 : lines.index(step_lines[5])]
+    assert all(line.startswith("    ") for line in validation)
+    assert any(re.fullmatch(r" +macro_f1 +accuracy", line) for line in validation)
+    public_test = Path(os.environ.get("TEST_PRODUCTS_PATH") or ROOT / DEFAULT_TEST_PRODUCTS_PATH)
+    expected = "    test_products.title_only " if public_test.is_file() else "    public test: skipped ("
+    assert any(line.startswith(expected) for line in validation)
     summary = lines[lines.index(step_lines[-1]) :]
     assert any(re.fullmatch(r"done in \d+ s; wrote \d+ files:", line) for line in summary)
     parent = trained.artifacts.parent
