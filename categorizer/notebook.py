@@ -23,13 +23,14 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import nbformat
 from nbclient import NotebookClient
-from nbclient.exceptions import CellExecutionError, CellTimeoutError, DeadKernelError
+from nbclient.exceptions import CellExecutionError
 from nbconvert import MarkdownExporter
 from nbconvert.filters import strip_ansi
 from nbconvert.writers.files import FilesWriter
@@ -137,7 +138,7 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, progress: Progress) -> None:
     client.execute()
 
 
-def render_markdown(nb: nbformat.NotebookNode, directory: Path, name: str) -> Path:
+def render_markdown(nb: nbformat.NotebookNode, directory: Path, name: str) -> List[Path]:
     """`name`.md in `directory`, its figures as PNG files in `name`_files/ (replaced whole)."""
     files = directory / f"{name}_files"
     shutil.rmtree(files, ignore_errors=True)
@@ -145,7 +146,8 @@ def render_markdown(nb: nbformat.NotebookNode, directory: Path, name: str) -> Pa
     body, resources = exporter.from_notebook_node(
         nb, resources={"unique_key": name, "output_files_dir": files.name}
     )
-    return Path(FilesWriter(build_directory=str(directory)).write(body, resources, notebook_name=name))
+    FilesWriter(build_directory=str(directory)).write(body, resources, notebook_name=name)
+    return [directory / f"{name}.md", files]
 
 
 def written_since(started: float, places: Sequence[Path]) -> List[Path]:
@@ -179,16 +181,19 @@ def run(notebook: Path, output: Optional[Path]) -> int:
     progress = Progress(nb, sys.stdout, bar=sys.stderr.isatty())
     try:
         execute(nb, Path.cwd(), progress)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        nbformat.write(nb, str(output))
+        rendered = render_markdown(nb, output.parent, notebook.stem)
     except CellExecutionError as exc:
         return fail(f"{exc.ename}: {exc.evalue}", f"in step {progress.current}:\n{strip_ansi(str(exc))}")
-    except (CellTimeoutError, DeadKernelError) as exc:
-        return fail(f"{type(exc).__name__}: {exc}", f"in step {progress.current}")
+    except Exception as exc:  # noqa: BLE001 -- a timeout or a dead kernel gets its one line first too
+        # chain=False: errors out of jupyter_core's event-loop wrapper can carry the
+        # RuntimeError("no running event loop") it caught, which says nothing here.
+        details = traceback.format_exc(chain=False)
+        return fail(f"{type(exc).__name__}: {exc}", f"in step {progress.current}:\n{details}")
     finally:
         progress.close()
-    output.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, str(output))
-    render_markdown(nb, output.parent, notebook.stem)
-    written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output.parent])
+    written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output, *rendered])
     print(f"done in {time.perf_counter() - clock:.0f} s; wrote {len(written)} files:")
     print("\n".join(f"    {path}" for path in written), flush=True)
     return 0

@@ -53,7 +53,7 @@ def synthetic_dataset(path: Path, products_per_category: int = 40) -> Path:
     return path
 
 
-def train_command(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+def train_command(tmp_path: Path, notebook: Path = NOTEBOOK, **env: str) -> subprocess.CompletedProcess[str]:
     """`make train`'s command in a subprocess, writing into tmp_path.
 
     A subprocess keeps the kernel's sockets and event loop out of the test
@@ -66,7 +66,7 @@ def train_command(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **env,
     )
-    command = [sys.executable, "-m", "categorizer.notebook", str(NOTEBOOK), str(tmp_path / "executed.ipynb")]
+    command = [sys.executable, "-m", "categorizer.notebook", str(notebook), str(tmp_path / "executed.ipynb")]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 
 
@@ -179,6 +179,18 @@ def test_a_failing_cell_is_one_plain_line_first_then_its_traceback(tmp_path: Pat
     assert "\x1b[" not in done.stderr
     assert "no running event loop" not in done.stderr
     assert list(tmp_path.iterdir()) == [dataset]
+
+
+@pytest.mark.slow
+def test_a_dead_kernel_is_one_line_first_too(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    dies = tmp_path / "dies.ipynb"
+    cells = [nbformat.v4.new_markdown_cell("## 1. Die"), nbformat.v4.new_code_cell("import os\nos._exit(1)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), str(dies))
+    done = train_command(tmp_path, notebook=dies, DATASET_PATH=str(dataset))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[:2] == ["error: DeadKernelError: Kernel died", "in step 1. Die:"]
+    assert sorted(tmp_path.iterdir()) == sorted([dataset, dies])
 
 
 def test_steps_group_code_cells_under_level_two_headings() -> None:
