@@ -9,7 +9,7 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Optional, Union
+from typing import IO, List, Optional, Union
 
 import pandas as pd
 from tqdm import tqdm
@@ -62,19 +62,38 @@ def dataset_path() -> Path:
 def download(url: str, dest: PathLike, timeout: float = DOWNLOAD_TIMEOUT_SECONDS) -> Path:
     """Fetch `url` to `dest` with a progress bar; the file appears only when complete."""
     dest = Path(dest)
+    made = _missing_dirs(dest.parent)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
-                _copy_with_progress(response, tmp, total, dest.name)
+        partial = _fetch(url, dest, timeout)
     except (urllib.error.URLError, OSError) as exc:
+        # A failed run leaves nothing behind, not even the directories it made.
+        for directory in reversed(made):
+            directory.rmdir()
         raise DatasetError(
             f"could not download the dataset from {url} ({exc}); are you offline? "
             f"Put the CSV at {dest} or point DATASET_PATH at it."
         ) from exc
-    os.replace(tmp.name, dest)
+    os.replace(partial, dest)
     return dest
+
+
+def _fetch(url: str, dest: Path, timeout: float) -> str:
+    """Download to a temporary file beside `dest` and return its path; on failure, remove it."""
+    with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                _copy_with_progress(response, tmp, total, dest.name)
+        except BaseException:
+            os.unlink(tmp.name)
+            raise
+    return tmp.name
+
+
+def _missing_dirs(directory: Path) -> List[Path]:
+    """`directory` and its ancestors that do not exist yet, outermost first."""
+    return [d for d in reversed([directory, *directory.parents]) if not d.exists()]
 
 
 def _copy_with_progress(src: IO[bytes], dst: IO[bytes], total: Optional[int], name: str) -> None:

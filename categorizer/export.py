@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -31,16 +32,28 @@ def to_onnx(model: Model, metrics: Mapping[str, Any], data_sha256: str) -> onnx.
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(model, str(path))
-    return path
+    return write_bytes(path, model.SerializeToString())
 
 
 def write_metrics(metrics: Mapping[str, Any], path: Path) -> Path:
+    text = json.dumps(metrics, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: Path, content: bytes) -> Path:
+    """Write `content` to `path` whole or not at all.
+
+    A run that fails mid-write must not leave a truncated model where the
+    service would load it: the bytes go to a file beside `path`, then a rename
+    replaces `path` at once.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(
-        json.dumps(metrics, ensure_ascii=False, indent=2, sort_keys=True) + "\n", encoding="utf-8"
-    )
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        partial.write_bytes(content)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     return path
 
 

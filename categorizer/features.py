@@ -35,7 +35,7 @@ import json
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Dict, Iterable, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
 
 # Code point blocks whose folding is fixed by the spec. Old, stable blocks only,
 # so the table does not move between Python (Unicode) versions:
@@ -72,6 +72,7 @@ SKIP_MARK = 0x02
 FORMAT_VERSION = 3
 
 Doc = Tuple[str, str]
+T = TypeVar("T")
 
 
 def _strip_marks(text: str) -> str:
@@ -215,6 +216,21 @@ class FeatureSpec:
         title, tags = doc
         return self.words(title + " " + tags)
 
+    def ngrams(self, doc: Doc) -> Dict[str, List[str]]:
+        """The n-grams the analyzers fingerprint, as text, per family and in the analyzers' order.
+
+        For people: the names are hashes, unreadable. Skip bigrams read "kit _ bebe".
+        """
+        words = self._doc_words(doc)
+        cut = [word[: self.max_word_chars] for word in words]
+        families = {
+            "characters": ["".join(gram) for gram in _windows(self.stream(words), self.char_ngrams)],
+            "words": [" ".join(gram) for gram in _windows(cut, self.word_ngrams)],
+        }
+        if self.skip_bigrams:
+            families["skip bigrams"] = [f"{first} _ {last}" for first, last in zip(cut, cut[2:])]
+        return families
+
     def char_fingerprints(self, stream: List[int]) -> List[int]:
         """Fingerprint of every character n-gram of the stream's codes."""
         low, high = self.char_ngrams
@@ -253,6 +269,12 @@ class FeatureSpec:
                 fp = (fp + code * powers[length]) & FINGERPRINT_MASK
             out.append(fp)
         return out
+
+
+def _windows(items: Sequence[T], orders: Tuple[int, int]) -> List[Sequence[T]]:
+    """Every run of `orders` (low, high) consecutive items, by start then length."""
+    low, high = orders
+    return [items[s : s + n] for s in range(len(items)) for n in range(low, min(high, len(items) - s) + 1)]
 
 
 def codes(text: str) -> List[int]:

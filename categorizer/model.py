@@ -31,7 +31,7 @@ class TrainConfig:
     alpha: float = 3e-6
     # Full passes over the data; tol=None runs them all, for reproducibility.
     max_iter: int = 50
-    # "balanced" re-weights the 19:1 class imbalance, which macro-F1 rewards.
+    # "balanced" re-weights the class imbalance (17.8:1 in rows), which macro-F1 rewards.
     class_weight: Optional[str] = "balanced"
     # Weight of a search query as a title-only example, times the share of its
     # rows in the category (see prepare.query_shares). Below one because a

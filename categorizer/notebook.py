@@ -1,45 +1,209 @@
-"""Execute a notebook headless: ``python -m categorizer.notebook NOTEBOOK [OUTPUT]``.
+"""Run a notebook headless and show what it does: ``python -m categorizer.notebook NOTEBOOK [OUTPUT]``.
 
-Used by ``make train`` and by the notebook test. The executed copy goes to
-OUTPUT when given; the committed notebook stays stripped of outputs.
+Used by ``make train`` and by the notebook test; run it from the project root,
+where the kernel runs too, so that relative paths in the environment mean the
+same to both.
+
+The notebook's level-2 headings ("## 1. Extraction") are its steps. When a
+step ends the runner prints a line with its name and duration, then what its
+cells printed: the notebook prints its headline facts and metrics, and shows
+everything else (tables, figures) as cell results. On a terminal a progress
+bar counts the cells.
+
+After a successful run the executed copy, with outputs and figures, goes to
+OUTPUT (default ``ARTIFACTS_DIR/<notebook>.executed.ipynb``), a Markdown
+render beside it (``<notebook>.md``, its figures in ``<notebook>_files/``),
+and a summary lists the files the run wrote. A failure prints
+``error: Type: message`` first, then the failing cell's traceback in plain
+text, exits with 1, and writes nothing.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
+import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, TextIO
 
 import nbformat
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
+from nbconvert import MarkdownExporter
+from nbconvert.filters import strip_ansi
+from nbconvert.writers.files import FilesWriter
+from tqdm import tqdm
+from traitlets.config import Config
 
-# The full training run takes about two minutes here; a stuck cell should not
+from categorizer.config import TrainSettings
+from categorizer.data import DatasetError
+
+# The full training run takes a few minutes here; a stuck cell should not
 # hang CI for its whole budget.
 CELL_TIMEOUT_SECONDS = 600
+# The step of the cells before the first heading (imports, settings).
+SETUP = "Setup"
+# Tables render as text in the Markdown copy: pandas' HTML carries a <style>
+# block that code hosts print as text.
+RENDER_PRIORITY = ["text/markdown", "image/png", "text/plain"]
+PROGRESS_FORMAT = "{desc}{bar:30} {n}/{total} cells [{elapsed}]"
 
 
-def execute(
-    notebook: Path, output: Optional[Path] = None, cwd: Optional[Path] = None
-) -> nbformat.NotebookNode:
-    nb = nbformat.read(str(notebook), as_version=4)
+@dataclass
+class Step:
+    title: str
+    # Indexes of the step's code cells in the notebook.
+    cells: List[int] = field(default_factory=list)
+
+
+def steps(nb: nbformat.NotebookNode) -> List[Step]:
+    """The notebook's steps: code cells grouped under the level-2 heading above them."""
+    found = [Step(SETUP)]
+    for index, cell in enumerate(nb.cells):
+        heading = _heading(cell)
+        if heading is not None:
+            found.append(Step(heading))
+        elif cell.cell_type == "code" and cell.source.strip():
+            found[-1].cells.append(index)
+    return [step for step in found if step.cells]
+
+
+def _heading(cell: nbformat.NotebookNode) -> Optional[str]:
+    first_line = cell.source.lstrip().split("\n", 1)[0]
+    if cell.cell_type == "markdown" and first_line.startswith("## "):
+        return str(first_line[3:].strip())
+    return None
+
+
+class Progress:
+    """nbclient hooks: a line per finished step, and a bar over the cells on a terminal."""
+
+    def __init__(self, nb: nbformat.NotebookNode, out: TextIO, bar: bool) -> None:
+        self._steps = steps(nb)
+        self._step_of = {index: step for step in self._steps for index in step.cells}
+        self._out = out
+        self._printed: List[str] = []
+        self._step_started = time.perf_counter()
+        self.current = self._steps[0].title if self._steps else SETUP
+        total = sum(len(step.cells) for step in self._steps)
+        # No rate or ETA: cells take from milliseconds to a minute, so both would mislead.
+        self._bar = tqdm(
+            total=total, disable=not bar, leave=False, file=sys.stderr, bar_format=PROGRESS_FORMAT
+        )
+
+    def cell_execute(self, cell_index: int, **_: Any) -> None:
+        self.current = self._step_of[cell_index].title
+        self._bar.set_description(self.current)
+
+    def cell_executed(
+        self, cell: nbformat.NotebookNode, cell_index: int, execute_reply: Dict[str, Any]
+    ) -> None:
+        if execute_reply["content"]["status"] != "ok":
+            return
+        self._printed += stdout_lines(cell)
+        self._bar.update()
+        step = self._step_of[cell_index]
+        if cell_index == step.cells[-1]:
+            self._report(step)
+
+    def _report(self, step: Step) -> None:
+        now = time.perf_counter()
+        lines = [f"{step.title:<20} {now - self._step_started:6.1f} s", *(f"    {x}" for x in self._printed)]
+        tqdm.write("\n".join(lines), file=self._out)
+        self._out.flush()
+        self._printed, self._step_started = [], now
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def stdout_lines(cell: nbformat.NotebookNode) -> List[str]:
+    """What the cell printed to stdout, line by line (not its results, not stderr)."""
+    text = "".join(o.text for o in cell.outputs if o.output_type == "stream" and o.name == "stdout")
+    return text.splitlines()
+
+
+def execute(nb: nbformat.NotebookNode, cwd: Path, progress: Progress) -> None:
+    """Run every cell of `nb` in place, in a fresh kernel started in `cwd`."""
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT_SECONDS,
         kernel_name="python3",
-        resources={"metadata": {"path": str(cwd or notebook.resolve().parent)}},
+        resources={"metadata": {"path": str(cwd)}},
+        on_cell_execute=progress.cell_execute,
+        on_cell_executed=progress.cell_executed,
     )
     client.execute()
-    if output is not None:
+
+
+def render_markdown(nb: nbformat.NotebookNode, directory: Path, name: str) -> List[Path]:
+    """`name`.md in `directory`, its figures as PNG files in `name`_files/ (replaced whole)."""
+    files = directory / f"{name}_files"
+    shutil.rmtree(files, ignore_errors=True)
+    exporter = MarkdownExporter(config=Config({"NbConvertBase": {"display_data_priority": RENDER_PRIORITY}}))
+    body, resources = exporter.from_notebook_node(
+        nb, resources={"unique_key": name, "output_files_dir": files.name}
+    )
+    FilesWriter(build_directory=str(directory)).write(body, resources, notebook_name=name)
+    return [directory / f"{name}.md", files]
+
+
+def written_since(started: float, places: Sequence[Path]) -> List[Path]:
+    """Files in `places` (files or directories) modified at or after `started` (a time.time())."""
+    candidates = {p for place in places for p in ([place, *place.rglob("*")] if place.is_dir() else [place])}
+    return sorted(p for p in candidates if p.is_file() and p.stat().st_mtime >= started)
+
+
+def fail(line: str, details: str = "") -> int:
+    """The one line that says what went wrong, first; then the details, if any."""
+    print(f"error: {line}", file=sys.stderr)
+    if details:
+        print(details.rstrip(), file=sys.stderr)
+    sys.stderr.flush()
+    return 1
+
+
+def run(notebook: Path, output: Optional[Path]) -> int:
+    try:
+        # Before a kernel starts: a wrong path costs one line, not a traceback.
+        settings = TrainSettings.from_env()
+    except (DatasetError, ValueError) as exc:
+        return fail(f"{type(exc).__name__}: {exc}")
+    output = output or settings.artifacts_dir / f"{notebook.stem}.executed.ipynb"
+    print(
+        f"running {notebook}: data {settings.dataset_path}, artifacts to {settings.artifacts_dir}/",
+        flush=True,
+    )
+    started, clock = time.time(), time.perf_counter()
+    nb = nbformat.read(str(notebook), as_version=4)
+    progress = Progress(nb, sys.stdout, bar=sys.stderr.isatty())
+    try:
+        execute(nb, Path.cwd(), progress)
+        output.parent.mkdir(parents=True, exist_ok=True)
         nbformat.write(nb, str(output))
-    return nb
+        rendered = render_markdown(nb, output.parent, notebook.stem)
+    except CellExecutionError as exc:
+        return fail(f"{exc.ename}: {exc.evalue}", f"in step {progress.current}:\n{strip_ansi(str(exc))}")
+    except Exception as exc:  # noqa: BLE001 -- a timeout or a dead kernel gets its one line first too
+        # chain=False: errors out of jupyter_core's event-loop wrapper can carry the
+        # RuntimeError("no running event loop") it caught, which says nothing here.
+        details = traceback.format_exc(chain=False)
+        return fail(f"{type(exc).__name__}: {exc}", f"in step {progress.current}:\n{details}")
+    finally:
+        progress.close()
+    written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output, *rendered])
+    print(f"done in {time.perf_counter() - clock:.0f} s; wrote {len(written)} files:")
+    print("\n".join(f"    {path}" for path in written), flush=True)
+    return 0
 
 
 def main(argv: Sequence[str]) -> int:
     if len(argv) not in (1, 2):
         print("usage: python -m categorizer.notebook NOTEBOOK [OUTPUT]", file=sys.stderr)
         return 2
-    execute(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None)
-    return 0
+    return run(Path(argv[0]), Path(argv[1]) if len(argv) == 2 else None)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from categorizer import data, prepare
+from categorizer.config import DEFAULT_TEST_PRODUCTS_PATH, TrainSettings
 from categorizer.features import FeatureSpec
 
 HEADER = ",".join(data.COLUMNS)
@@ -92,6 +93,49 @@ def test_download_fails_clearly_when_unreachable(tmp_path: Path, free_port: int)
     with pytest.raises(data.DatasetError, match=r"could not download.*offline"):
         data.download(f"http://127.0.0.1:{free_port}/elo7.csv", dest, timeout=5)
     assert not dest.exists()
+
+
+def test_a_failed_download_leaves_no_file_or_directory(tmp_path: Path, free_port: int) -> None:
+    with pytest.raises(data.DatasetError):
+        data.download(
+            f"http://127.0.0.1:{free_port}/elo7.csv", tmp_path / "new" / "dir" / "elo7.csv", timeout=5
+        )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_refuse_a_dataset_path_that_is_not_there(tmp_path: Path) -> None:
+    # Only the default path is downloaded to: a typo must not fetch the file there.
+    typo = tmp_path / "dat" / "elo7.csv"
+    with pytest.raises(
+        data.DatasetError, match=r"^DATASET_PATH=.*Put the CSV at .* or point DATASET_PATH at it"
+    ):
+        TrainSettings.from_env({"DATASET_PATH": str(typo)})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_settings_leave_a_missing_default_dataset_to_the_download(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for env in ({}, {"DATASET_PATH": str(data.DEFAULT_DATASET_PATH)}):
+        assert TrainSettings.from_env(env).dataset_path == data.DEFAULT_DATASET_PATH
+
+
+def test_settings_refuse_a_test_products_path_that_is_not_there(tmp_path: Path) -> None:
+    with pytest.raises(data.DatasetError, match=r"^TEST_PRODUCTS_PATH=.*unset TEST_PRODUCTS_PATH to skip"):
+        TrainSettings.from_env({"TEST_PRODUCTS_PATH": str(tmp_path / "test_product.csv")})
+
+
+def test_settings_skip_the_public_test_only_when_unset_and_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert TrainSettings.from_env({}).test_products_path is None
+    given = write_csv(tmp_path / "t.csv")
+    assert TrainSettings.from_env({"TEST_PRODUCTS_PATH": str(given)}).test_products_path == given
+    DEFAULT_TEST_PRODUCTS_PATH.parent.mkdir()
+    write_csv(DEFAULT_TEST_PRODUCTS_PATH)
+    assert TrainSettings.from_env({}).test_products_path == DEFAULT_TEST_PRODUCTS_PATH
 
 
 def test_download_fails_clearly_on_http_error(tmp_path: Path, http_root: tuple[str, Path]) -> None:

@@ -127,3 +127,24 @@ def test_specs_written_before_format_versions_are_refused() -> None:
 def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object]) -> None:
     with pytest.raises(ValueError, match=next(iter(kwargs))[:4]):
         FeatureSpec(**kwargs)  # type: ignore[arg-type]
+
+
+def test_ngrams_are_the_text_of_what_the_analyzers_fingerprint() -> None:
+    doc = ("Kit Chá de Bebê", "lembrancinha")
+    grams = SPEC.ngrams(doc)
+    assert grams["words"][:3] == ["kit", "kit cha", "cha"]
+    assert grams["skip bigrams"][0] == "kit _ de"
+    assert grams["characters"][:2] == [" k", " ki"]
+    assert named(SPEC, grams["characters"]) == SPEC.analyze_chars(doc)
+    marked = ["\x01" + g for g in grams["words"]] + [
+        "\x02" + g.replace(" _ ", " ") for g in grams["skip bigrams"]
+    ]
+    assert named(SPEC, marked) == SPEC.analyze_words(doc)
+
+
+def test_ngrams_cut_words_and_drop_skip_bigrams_as_the_spec_says() -> None:
+    spec = FeatureSpec(char_ngrams=(3, 3), word_ngrams=(1, 1), skip_bigrams=False, max_word_chars=3)
+    assert spec.ngrams(("abcd e", "")) == {
+        "characters": [" ab", "abc", "bcd", "cd ", "d e", " e "],
+        "words": ["abc", "e"],
+    }

@@ -6,8 +6,10 @@ import json
 import os
 import platform
 import random
+import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
@@ -19,7 +21,8 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from categorizer import data, export, prepare
+from categorizer import data, export, notebook, prepare
+from categorizer.config import DEFAULT_TEST_PRODUCTS_PATH
 from tests.datasets import ROOT, model_file, public_test_csv, skip_or_fail
 
 NOTEBOOK = ROOT / "treinamento.ipynb"
@@ -50,36 +53,41 @@ def synthetic_dataset(path: Path, products_per_category: int = 40) -> Path:
     return path
 
 
-def run_notebook(tmp_path: Path, dataset: Path) -> Path:
-    """Run `make train`'s command in a subprocess, writing into tmp_path.
+def train_command(tmp_path: Path, notebook: Path = NOTEBOOK, **env: str) -> subprocess.CompletedProcess[str]:
+    """`make train`'s command in a subprocess, writing into tmp_path.
 
     A subprocess keeps the kernel's sockets and event loop out of the test
     process, and exercises the same entry point as `make train`.
     """
-    artifacts = tmp_path / "artifacts"
     env = dict(
         os.environ,
-        DATASET_PATH=str(dataset.resolve()),
-        ARTIFACTS_DIR=str(artifacts),
+        ARTIFACTS_DIR=str(tmp_path / "artifacts"),
         METRICS_PATH=str(tmp_path / "metrics.json"),
         PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        **env,
     )
-    command = [sys.executable, "-m", "categorizer.notebook", str(NOTEBOOK), str(tmp_path / "executed.ipynb")]
-    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return artifacts
+    command = [sys.executable, "-m", "categorizer.notebook", str(notebook), str(tmp_path / "executed.ipynb")]
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+
+
+@dataclass(frozen=True)
+class Run:
+    artifacts: Path
+    stdout: str
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Artifacts of one headless run: the full training file in CI, else a synthetic sample."""
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Run:
+    """One headless run: the full training file in CI, else a synthetic sample."""
     tmp_path = tmp_path_factory.mktemp("notebook")
     dataset = Path(os.environ.get("DATASET_PATH") or ROOT / data.DEFAULT_DATASET_PATH)
     if not dataset.is_file():
         if os.environ.get("REQUIRE_DATA") == "1":
             skip_or_fail(f"no training data at {dataset}")
         dataset = synthetic_dataset(tmp_path / "synthetic.csv")
-    return run_notebook(tmp_path, dataset)
+    done = train_command(tmp_path, DATASET_PATH=str(dataset.resolve()))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return Run(tmp_path / "artifacts", done.stdout)
 
 
 def test_committed_notebook_has_no_outputs() -> None:
@@ -90,26 +98,128 @@ def test_committed_notebook_has_no_outputs() -> None:
 
 
 @pytest.mark.slow
-def test_notebook_writes_model_metrics_and_figures(trained: Path) -> None:
-    assert (trained / "model.onnx").is_file()
-    assert {p.name for p in trained.glob("*.png")} == {
+def test_notebook_writes_model_metrics_and_figures(trained: Run) -> None:
+    artifacts = trained.artifacts
+    assert (artifacts / "model.onnx").is_file()
+    assert {p.name for p in artifacts.glob("*.png")} == {
         "confusion_title_only.png",
         "confusion_title_and_tags.png",
         "per_class_f1.png",
     }
-    metrics = json.loads((trained.parent / "metrics.json").read_text(encoding="utf-8"))
+    metrics = json.loads((artifacts.parent / "metrics.json").read_text(encoding="utf-8"))
     for view in ("title_only", "title_and_tags"):
         report = metrics["validation"][view]
         assert 0.0 <= report["macro_f1"] <= 1.0
         assert set(report["per_class"]) == set(data.CATEGORIES)
-    meta = export.read_metadata(trained / "model.onnx")
+    meta = export.read_metadata(artifacts / "model.onnx")
     assert meta["training_data_sha256"] == metrics["dataset_sha256"]
 
 
 @pytest.mark.slow
-def test_retraining_reproduces_the_committed_artifact(trained: Path) -> None:
+def test_the_run_prints_a_line_per_step_then_the_files_it_wrote(trained: Run) -> None:
+    nb = nbformat.read(str(NOTEBOOK), as_version=4)
+    titles = [step.title for step in notebook.steps(nb)]
+    assert titles[1:] == ["1. Extraction", "2. Transformation", "3. Modelling", "4. Validation", "5. Export"]
+    lines = trained.stdout.splitlines()
+    step_lines = [line for line in lines if re.fullmatch(r"\S.*\S +\d+\.\d s", line)]
+    assert [line.rsplit(maxsplit=2)[0] for line in step_lines] == titles
+    # Each step's headline lines follow it, indented: the validation step's are its metrics.
+    validation = lines[lines.index(step_lines[4]) + 1 : lines.index(step_lines[5])]
+    assert all(line.startswith("    ") for line in validation)
+    assert any(re.fullmatch(r" +macro_f1 +accuracy", line) for line in validation)
+    public_test = Path(os.environ.get("TEST_PRODUCTS_PATH") or ROOT / DEFAULT_TEST_PRODUCTS_PATH)
+    expected = "    test_products.title_only " if public_test.is_file() else "    public test: skipped ("
+    assert any(line.startswith(expected) for line in validation)
+    summary = lines[lines.index(step_lines[-1]) :]
+    assert any(re.fullmatch(r"done in \d+ s; wrote \d+ files:", line) for line in summary)
+    parent = trained.artifacts.parent
+    for path in ("artifacts/model.onnx", "metrics.json", "executed.ipynb", "treinamento.md"):
+        assert f"    {parent / path}" in summary
+
+
+@pytest.mark.slow
+def test_the_markdown_render_shows_the_figures(trained: Run) -> None:
+    render = trained.artifacts.parent / "treinamento.md"
+    figures = re.findall(r"!\[png\]\((.+?)\)", render.read_text(encoding="utf-8"))
+    assert len(figures) >= 4, "the histogram, two confusion matrices and the per-class F1"
+    assert all((render.parent / figure).is_file() for figure in figures)
+    executed = nbformat.read(str(trained.artifacts.parent / "executed.ipynb"), as_version=4)
+    assert any(cell.get("outputs") for cell in executed.cells)
+
+
+def test_a_wrong_dataset_path_is_one_line_first_and_creates_nothing(tmp_path: Path) -> None:
+    done = train_command(tmp_path, DATASET_PATH=str(tmp_path / "data" / "elo7.csv"))
+    assert done.returncode == 1
+    first = done.stderr.splitlines()[0]
+    assert re.match(
+        r"error: DatasetError: DATASET_PATH=.*Put the CSV at .* or point DATASET_PATH at it", first
+    )
+    assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_set_but_missing_test_products_path_is_an_error(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    done = train_command(tmp_path, DATASET_PATH=str(dataset), TEST_PRODUCTS_PATH=str(tmp_path / "test.csv"))
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: DatasetError: TEST_PRODUCTS_PATH=")
+    assert list(tmp_path.iterdir()) == [dataset]
+
+
+@pytest.mark.slow
+def test_a_failing_cell_is_one_plain_line_first_then_its_traceback(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    pd.read_csv(dataset).drop(columns="category").to_csv(dataset, index=False)
+    done = train_command(tmp_path, DATASET_PATH=str(dataset))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[0] == f"error: DatasetError: {dataset}: missing column(s) category"
+    assert lines[1] == "in step 1. Extraction:"
+    assert "data.load(settings.dataset_path)" in done.stderr
+    assert "\x1b[" not in done.stderr
+    assert "no running event loop" not in done.stderr
+    assert list(tmp_path.iterdir()) == [dataset]
+
+
+@pytest.mark.slow
+def test_a_dead_kernel_is_one_line_first_too(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    dies = tmp_path / "dies.ipynb"
+    cells = [nbformat.v4.new_markdown_cell("## 1. Die"), nbformat.v4.new_code_cell("import os\nos._exit(1)")]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), str(dies))
+    done = train_command(tmp_path, notebook=dies, DATASET_PATH=str(dataset))
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[:2] == ["error: DeadKernelError: Kernel died", "in step 1. Die:"]
+    assert sorted(tmp_path.iterdir()) == sorted([dataset, dies])
+
+
+def test_steps_group_code_cells_under_level_two_headings() -> None:
+    new = nbformat.v4
+    nb = new.new_notebook(
+        cells=[
+            new.new_markdown_cell("# Title"),
+            new.new_code_cell("import x"),
+            new.new_markdown_cell("## 1. Load\n\ntext"),
+            new.new_code_cell("a = 1"),
+            new.new_markdown_cell("### a detail"),
+            new.new_code_cell("b = 2"),
+            new.new_code_cell("  "),
+            new.new_markdown_cell("## 2. Nothing to run"),
+            new.new_markdown_cell("## 3. Save"),
+            new.new_code_cell("save()"),
+        ]
+    )
+    assert [(step.title, step.cells) for step in notebook.steps(nb)] == [
+        ("Setup", [1]),
+        ("1. Load", [3, 5]),
+        ("3. Save", [9]),
+    ]
+
+
+@pytest.mark.slow
+def test_retraining_reproduces_the_committed_artifact(trained: Run) -> None:
     committed = model_file()
-    fresh = trained / "model.onnx"
+    fresh = trained.artifacts / "model.onnx"
     if (
         export.read_metadata(fresh)["training_data_sha256"]
         != export.read_metadata(committed)["training_data_sha256"]
