@@ -50,8 +50,8 @@ SUB_BATCH_ROWS = 256
 # few milliseconds of stall, and with one worker process per core the thread hand-off
 # only adds switches (see docs/decisions.md).
 INLINE_MAX_CHARS = 8192
-# Freed memory goes back to the system once the worker is idle after this much body
-# data, and this long after its last request (see service/memory.py).
+# Freed memory goes back to the system once the worker has been quiet this long after
+# answering this much body data (see service/memory.py).
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
 TRIM_DELAY_SECONDS = 1.0
 
@@ -142,6 +142,7 @@ class Scheduler:
         self._closed = False
         self._since_trim = 0  # body bytes answered since memory was last given back
         self._trim_timer: Optional[asyncio.TimerHandle] = None
+        self._last_release = 0.0
         # Gauges and counters, read by /metrics and the tests.
         self.pending_requests = 0
         self.pending_bytes = 0
@@ -187,6 +188,7 @@ class Scheduler:
         self.pending_bytes -= ticket.nbytes
         self.pending_seconds -= ticket.seconds
         self._since_trim += ticket.nbytes
+        self._last_release = self._clock()
         if self.pending_requests == 0:
             self.pending_seconds = 0.0  # no float drift left over from the sums
             self._schedule_trim()
@@ -379,8 +381,17 @@ class Scheduler:
         self._trim_timer = asyncio.get_running_loop().call_later(TRIM_DELAY_SECONDS, self._trim_if_idle)
 
     def _trim_if_idle(self) -> None:
+        # Only after a whole quiet TRIM_DELAY_SECONDS: between the requests of a steady
+        # load the worker is often idle for an instant, and trimming then would only
+        # make the next requests fault their pages back in.
         self._trim_timer = None
         if self.pending_requests:  # busy again: its release will schedule the next try
+            return
+        quiet = self._clock() - self._last_release
+        if quiet < TRIM_DELAY_SECONDS:
+            self._trim_timer = asyncio.get_running_loop().call_later(
+                TRIM_DELAY_SECONDS - quiet, self._trim_if_idle
+            )
             return
         self._since_trim = 0
         self._trim()

@@ -346,18 +346,29 @@ def test_the_cost_model_learns_the_machine_speed() -> None:
     assert cost.estimate(1_000_000) == pytest.approx(2.0, rel=0.01)
 
 
-async def test_memory_is_given_back_once_idle_after_a_burst(
+async def test_memory_is_given_back_once_quiet_after_a_burst(
     executor: ThreadPoolExecutor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(scheduling, "TRIM_DELAY_SECONDS", 0.01)
-    trims: List[int] = []
-    scheduler, _ = make(FakeModel(), executor, trim=lambda: trims.append(1))
+    monkeypatch.setattr(scheduling, "TRIM_DELAY_SECONDS", 0.1)
+    clock = Clock()
+    trims: List[float] = []
+    scheduler, _ = make(FakeModel(), executor, clock=clock, trim=lambda: trims.append(clock.now))
     await submit(scheduler, "small")
-    await asyncio.sleep(0.05)
+    clock.now += 1
+    await asyncio.sleep(0.2)
     assert trims == [], "trimmed after a small request"
     await asyncio.gather(*(submit(scheduler, "big", nbytes=scheduling.TRIM_AFTER_BYTES) for _ in range(2)))
-    await asyncio.sleep(0.05)
-    assert trims == [1]
+    # Requests keep coming within the delay: the worker is idle between them only for
+    # instants, and no trim may interrupt that load.
+    for _ in range(3):
+        await asyncio.sleep(0.05)
+        clock.now += 0.05
+        await submit(scheduler, "steady")
+    await asyncio.sleep(0.15)
+    assert trims == [], "trimmed between the requests of a steady load"
+    clock.now += 0.2  # now quiet for longer than the delay
+    await asyncio.sleep(0.15)
+    assert len(trims) == 1
 
 
 # -- through the app -----------------------------------------------------------
