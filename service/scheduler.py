@@ -12,15 +12,16 @@ not yet answered:
   estimated from its bytes (`CostModel`). A request that would wait longer is refused
   now rather than answered late, and `Retry-After` says when that work will be done.
 
-A refused request gets 503 with `Retry-After`; the rest of its body is read and thrown
-away by aiohttp's lingering close, so an uploading client sees the answer, not a reset.
+A refused request gets 503 with `Retry-After` (the handler first reads and drops the
+rest of its body, so that an uploading client sees the answer, not a reset).
 
-**Queue.** One FIFO queue and one model call at a time: small calls run on the event
-loop (a thread hand-off costs more than they do), big ones on the model thread so that
-the loop keeps answering health checks and refusals. Only one call is ever handed to
-the thread, so nothing waits where it could not be taken back. Before each call, jobs
-whose client has left are dropped (499) and jobs that waited longer than
-`MAX_QUEUE_SECONDS` are refused (503); at shutdown the queue is refused at once.
+**Queue.** One FIFO queue per worker. Small calls run on the event loop (a thread
+hand-off costs more than they do), big ones on the model thread so that the loop keeps
+answering health checks and refusals. The thread holds at most `HANDED_MAX` calls (the
+running one and the next); the rest waits here, where it can still be taken back.
+When a job is taken, it is dropped if its client has left (499) and refused if it
+waited longer than `MAX_QUEUE_SECONDS` (503); on the thread, a job whose client left
+meanwhile is skipped too. At shutdown the queue is refused at once.
 
 **Batching.** Consecutive requests of fewer than `BATCH_MAX_PRODUCTS` products share one
 call of at most that many. There is no wait timer: while a call runs, requests queue,
@@ -53,6 +54,11 @@ INLINE_MAX_CHARS = 8192
 # Freed memory goes back to the system once the worker has been quiet this long after
 # answering this much body data (see service/memory.py).
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
+# Calls handed to the model thread at once: the running one and the next, ready, so
+# that the thread never idles while the busy event loop gets round to handing it more
+# (docs/decisions.md). Any more would only hold work that, still in the scheduler's
+# queue, could be dropped.
+HANDED_MAX = 2
 TRIM_DELAY_SECONDS = 1.0
 
 
@@ -62,8 +68,13 @@ class Model(Protocol):
     def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]: ...
 
 
-# One request's categories, or the exception its products alone raised.
-Outcome = Union[List[str], BaseException]
+class _Abandoned:
+    """The outcome of a job whose client left while its call waited on the thread."""
+
+
+_ABANDONED = _Abandoned()
+# One request's categories, the exception its products alone raised, or _ABANDONED.
+Outcome = Union[List[str], BaseException, _Abandoned]
 
 
 class CostModel:
@@ -138,7 +149,8 @@ class Scheduler:
         self._clock = clock
         self.cost = CostModel()
         self._queue: Deque[_Job] = deque()
-        self._busy = False  # a call is running on the model thread, or a flush is scheduled
+        self._flush_due = False  # a flush is scheduled on the loop
+        self._handed = 0  # calls handed to the model thread and not yet back
         self._closed = False
         self._since_trim = 0  # body bytes answered since memory was last given back
         self._trim_timer: Optional[asyncio.TimerHandle] = None
@@ -226,16 +238,14 @@ class Scheduler:
         whether its client has left; ApiError(503 or 499) when it is not run."""
         if self._closed:  # admitted before the drain ended, its body read only after
             self._refuse("shutting_down", "the server is shutting down")
-        if not self._busy and not self._batchable(len(titles)) and chars <= self._inline_max_chars:
+        if not self._busy() and not self._batchable(len(titles)) and chars <= self._inline_max_chars:
             # Idle and nothing to share a call with: run now, with no queue hop.
             self.calls += 1
             self.requests += 1
             return self._timed_call(titles, tags, ticket.nbytes)
         future: asyncio.Future[List[str]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(ticket, titles, tags, chars, gone, future, self._clock()))
-        if not self._busy:
-            self._busy = True
-            future.get_loop().call_soon(self._flush)
+        self._schedule_flush()
         return await future
 
     def refuse_queued(self) -> int:
@@ -257,19 +267,27 @@ class Scheduler:
     def _batchable(self, rows: int) -> bool:
         return rows < self.batch_max_products
 
+    def _busy(self) -> bool:
+        return self._flush_due or self._handed > 0
+
+    def _schedule_flush(self) -> None:
+        if self._queue and not self._flush_due and self._handed < HANDED_MAX:
+            self._flush_due = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
     def _flush(self) -> None:
+        self._flush_due = False
         jobs = self._take()
-        if not jobs:
-            self._busy = False
-            return
-        self.calls += 1
-        self.requests += len(jobs)
-        if sum(job.chars for job in jobs) <= self._inline_max_chars:
-            self._deliver(jobs, self._run(jobs))
-            self._next()
-            return
-        running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, jobs)
-        running.add_done_callback(lambda done: self._on_done(jobs, done))
+        if jobs:
+            self.calls += 1
+            self.requests += len(jobs)
+            if sum(job.chars for job in jobs) <= self._inline_max_chars:
+                self._deliver(jobs, self._run(jobs))
+            else:
+                self._handed += 1
+                running = asyncio.get_running_loop().run_in_executor(self._executor, self._run, jobs)
+                running.add_done_callback(lambda done: self._on_done(jobs, done))
+        self._schedule_flush()
 
     def _take(self) -> List[_Job]:
         """The next call's jobs: the head of the queue, and the small requests right
@@ -314,8 +332,15 @@ class Scheduler:
         return ApiError.overloaded("the server is shutting down", self.retry_after())
 
     def _run(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
-        """Each job's categories or its own exception, and the seconds the call took.
-        Runs on the loop or the model thread."""
+        """Each job's categories, its own exception or _ABANDONED (its client left while
+        the call waited on the thread), and the seconds the call took. Runs on the loop
+        or the model thread."""
+        live = [job for job in jobs if not job.gone()]
+        outcomes, seconds = self._compute(live) if live else ([], 0.0)
+        by_job = {id(job): outcome for job, outcome in zip(live, outcomes)}
+        return [by_job.get(id(job), _ABANDONED) for job in jobs], seconds
+
+    def _compute(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
         nbytes = sum(job.ticket.nbytes for job in jobs)
         titles = [job.titles for job in jobs]
         tags = [job.tags for job in jobs]
@@ -349,11 +374,12 @@ class Scheduler:
     def _on_done(self, jobs: List[_Job], done: asyncio.Future[Tuple[List[Outcome], float]]) -> None:
         # _run returns exceptions rather than raising them: only a cancelled hand-off
         # (executor shut down) gets here without results.
+        self._handed -= 1
         if done.cancelled() or done.exception() is not None:
             self._deliver(jobs, ([RuntimeError("model thread unavailable")] * len(jobs), 0.0))
         else:
             self._deliver(jobs, done.result())
-        self._next()
+        self._schedule_flush()
 
     def _deliver(self, jobs: List[_Job], results: Tuple[List[Outcome], float]) -> None:
         outcomes, seconds = results
@@ -362,16 +388,13 @@ class Scheduler:
         for job, outcome in zip(jobs, outcomes):
             if job.future.done():
                 continue
-            if isinstance(outcome, BaseException):
+            if isinstance(outcome, _Abandoned):
+                self._metrics.observe_abandoned()
+                job.future.set_exception(ApiError.client_left())
+            elif isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
             else:
                 job.future.set_result(outcome)
-
-    def _next(self) -> None:
-        if self._queue:
-            asyncio.get_running_loop().call_soon(self._flush)
-        else:
-            self._busy = False
 
     # -- memory ----------------------------------------------------------------
 

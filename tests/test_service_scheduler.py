@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import AsyncIterator, Callable, Iterator, List, Optional, Sequence, Tuple
@@ -195,16 +196,17 @@ async def test_big_calls_run_on_the_model_thread_small_ones_inline(executor: Thr
     assert threads[1].startswith("model")
 
 
-async def test_one_model_call_at_a_time(executor: ThreadPoolExecutor) -> None:
+async def test_the_thread_runs_one_call_and_holds_only_the_next(executor: ThreadPoolExecutor) -> None:
     gate = threading.Event()
     model = FakeModel(gate)
     scheduler, _ = make(model, executor, max_rows=1, inline_max_chars=0)
-    pending = [submit(scheduler, f"big{i}") for i in range(3)]
+    pending = [submit(scheduler, f"big{i}") for i in range(4)]
     await asyncio.sleep(0.05)
     assert len(model.calls) == 1, "a second call started while the first ran"
+    # big1 waits ready on the thread; the rest stays in the queue, where it can be dropped.
     assert scheduler.queued_requests == 2
     gate.set()
-    assert await asyncio.gather(*pending) == [["BIG0"], ["BIG1"], ["BIG2"]]
+    assert await asyncio.gather(*pending) == [["BIG0"], ["BIG1"], ["BIG2"], ["BIG3"]]
     assert model.most_running == 1
 
 
@@ -238,16 +240,21 @@ async def test_a_request_whose_client_left_is_dropped_before_its_call(executor: 
     scheduler, metrics = make(model, executor, max_rows=1, inline_max_chars=0)
     left = False
     running = submit(scheduler, "running")
-    departed = submit(scheduler, "departed", gone=lambda: left)
+    on_thread = submit(scheduler, "on_thread", gone=lambda: left)  # handed, waiting on the thread
+    in_queue = submit(scheduler, "in_queue", gone=lambda: left)  # still in the scheduler's queue
+    kept = submit(scheduler, "kept")
     await asyncio.sleep(0.05)
-    left = True  # the client disconnects while its request waits
+    assert scheduler.queued_requests == 2
+    left = True  # both clients disconnect while their requests wait
     gate.set()
     assert await running == ["RUNNING"]
-    with pytest.raises(ApiError) as error:
-        await departed
-    assert error.value.status == 499
-    assert [titles for titles, _ in model.calls] == [["running"]]
-    assert sample(metrics, "categorizer_abandoned_requests_total") == 1
+    for departed in (on_thread, in_queue):
+        with pytest.raises(ApiError) as error:
+            await departed
+        assert error.value.status == 499
+    assert await kept == ["KEPT"]
+    assert [titles for titles, _ in model.calls] == [["running"], ["kept"]]
+    assert sample(metrics, "categorizer_abandoned_requests_total") == 2
 
 
 async def test_a_request_that_waited_too_long_is_refused_not_run(executor: ThreadPoolExecutor) -> None:
@@ -257,17 +264,17 @@ async def test_a_request_that_waited_too_long_is_refused_not_run(executor: Threa
     scheduler, metrics = make(
         model, executor, max_rows=1, inline_max_chars=0, max_queue_seconds=5, clock=clock
     )
-    running = submit(scheduler, "running")
+    running = [submit(scheduler, "running"), submit(scheduler, "next")]  # the next waits on the thread
     late = submit(scheduler, "late")
     await asyncio.sleep(0.05)
     clock.now += 6  # "late" has now waited longer than MAX_QUEUE_SECONDS
     gate.set()
-    assert await running == ["RUNNING"]
+    assert await asyncio.gather(*running) == [["RUNNING"], ["NEXT"]]
     with pytest.raises(ApiError) as error:
         await late
     assert error.value.status == 503
     assert int(error.value.headers["Retry-After"]) >= 1
-    assert [titles for titles, _ in model.calls] == [["running"]]
+    assert [titles for titles, _ in model.calls] == [["running"], ["next"]]
     assert sample(metrics, "categorizer_refused_requests_total", reason="queue_expired") == 1
 
 
@@ -277,7 +284,7 @@ async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
     gate = threading.Event()
     model = FakeModel(gate)
     scheduler, metrics = make(model, executor, max_rows=1, inline_max_chars=0)
-    running = submit(scheduler, "running")
+    running = [submit(scheduler, "running"), submit(scheduler, "next")]  # the next waits on the thread
     queued = [submit(scheduler, f"queued{i}") for i in range(3)]
     await asyncio.sleep(0.05)
     assert scheduler.refuse_queued() == 3
@@ -285,9 +292,9 @@ async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
         with pytest.raises(ApiError, match="shutting down") as error:
             await future
         assert error.value.status == 503
-    assert not running.done()
+    assert not any(future.done() for future in running)
     gate.set()
-    assert await running == ["RUNNING"]
+    assert await asyncio.gather(*running) == [["RUNNING"], ["NEXT"]]
     assert sample(metrics, "categorizer_refused_requests_total", reason="shutting_down") == 3
     scheduler.close()
     with pytest.raises(ApiError, match="shutting down"):
@@ -472,37 +479,25 @@ async def _leave_while_queued(state: State, base: str) -> None:
 
     state.model.predict = counting_predict  # type: ignore[method-assign]
     async with aiohttp.ClientSession() as session:
-        # A big request occupies the model thread (2,000 long titles) ...
+        # Two big requests occupy the model thread: one runs, the next waits ready ...
         big = {"products": [{"title": f"Caneca personalizada {i} " * 16} for i in range(2000)]}
-        running = asyncio.ensure_future(session.post(f"{base}/v1/categorize", json=big))
+        running = [asyncio.ensure_future(session.post(f"{base}/v1/categorize", json=big)) for _ in range(2)]
         await until(lambda: bool(calls))
-        # ... while a one-title request queues behind it, and its client hangs up.
+        # ... while a third (thread-sized too) queues behind them, and its client hangs up.
         _, writer = await asyncio.open_connection("127.0.0.1", int(base.rsplit(":", 1)[1]))
-        body = b'{"products": [{"title": "Caneca azul"}]}'
+        body = json.dumps({"products": [{"title": "Caneca azul " * 50}] * 20}).encode()
         head = f"POST /v1/categorize HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
         writer.write(head.encode() + body)
         await writer.drain()
         await until(lambda: state.scheduler.queued_requests > 0)
         writer.close()
         await writer.wait_closed()
-        response = await running
-        assert response.status == 200
-        response.release()
+        for response in await asyncio.gather(*running):
+            assert response.status == 200
+            response.release()
         await until(lambda: state.scheduler.pending_requests == 0)  # the dropped one's answer
-        assert sum(calls) == len(big["products"]), f"the departed request ran: {calls}"
+        assert sum(calls) == 2 * len(big["products"]), f"the departed request ran: {calls}"
         async with session.get(f"{base}/metrics") as metrics:
             text = await metrics.text()
     assert "categorizer_abandoned_requests_total 1.0" in text
     assert 'categorizer_http_requests_total{route="/v1/categorize",status="499"} 1.0' in text
-
-
-async def test_a_request_decoded_after_the_drain_ended_is_refused(executor: ThreadPoolExecutor) -> None:
-    model = FakeModel()
-    scheduler, metrics = make(model, executor)
-    ticket = scheduler.admit(100)  # admitted while serving; its body still arriving ...
-    scheduler.close()  # ... when the drain ends
-    with pytest.raises(ApiError, match="shutting down"):
-        await scheduler.categorize(ticket, ["late"], [""], 4, lambda: False)
-    scheduler.release(ticket)
-    assert model.calls == []
-    assert sample(metrics, "categorizer_refused_requests_total", reason="shutting_down") == 1
