@@ -89,14 +89,19 @@ def wait_all_listening(proc: subprocess.Popen[str], port: int, timeout: float = 
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = STOP_TIMEOUT) -> None:
-    """SIGTERM (a supervisor forwards it to its workers), SIGKILL if it will not exit."""
+    """SIGTERM (a supervisor forwards it to its workers); SIGKILL to it and its workers
+    if it will not exit, so that no orphaned worker keeps the port."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
+            workers = worker_pids(proc.pid)
             proc.kill()
             proc.wait()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
     for pipe in (proc.stdout, proc.stderr):  # unread pipes would warn when collected
         if pipe is not None:
             pipe.close()

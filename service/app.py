@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +18,7 @@ from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.schema import RequestDecoder, openapi_document
 from service.settings import Settings
+from service.slots import Slots
 from service.state import STATE, State
 
 log = logging.getLogger("categorizer")
@@ -55,7 +55,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         metrics=metrics,
         openapi=msgspec.json.encode(openapi_document(settings)),
         scheduler=scheduler,
-        discard_slots=asyncio.Semaphore(handlers.DISCARD_SLOTS),
+        discard_slots=Slots(handlers.DISCARD_SLOTS),
     )
     log.info("model loaded", extra={"model_path": settings.model_path, "labels": len(model.labels)})
     yield

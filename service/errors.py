@@ -83,6 +83,11 @@ class ApiError(Exception):
         return cls(408, "Request Timeout", detail, "body")
 
     @classmethod
+    def unsupported_encoding(cls, encoding: str) -> ApiError:
+        detail = f"body: Content-Encoding {encoding!r} is not accepted; send the JSON uncompressed"
+        return cls(415, "Unsupported Media Type", detail, "body")
+
+    @classmethod
     def too_large(cls, limit: int) -> ApiError:
         return cls(413, "Content Too Large", f"body: larger than the limit of {limit} bytes", "body")
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Union
+from typing import List, Union
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from service.errors import ApiError
 from service.scheduler import Scheduler, Ticket
@@ -19,37 +19,48 @@ from service.state import STATE, State
 DISCARD_SLOTS = 4
 DISCARD_WAIT_SECONDS = 5.0
 
+# Refusals made before the body was read (too large, compressed, over the budgets): the
+# rest of the body is read and dropped first, so that the client sees the answer.
+_REFUSED_BEFORE_THE_BODY = frozenset({413, 415, 503})
+
 _ENCODER = msgspec.json.Encoder()
 _JSON_HEADERS = {"Content-Type": "application/json"}
-_EMPTY = _ENCODER.encode(CategorizeResponse([]))
 
 
 async def categorize(request: web.Request) -> web.Response:
     state = request.app[STATE]
+    try:
+        categories = await _categorize(request, state)
+    except ApiError as error:
+        if error.status in _REFUSED_BEFORE_THE_BODY:
+            await _discard_body(request, state)
+        raise
+    state.metrics.observe_predictions(categories)
+    return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
+
+
+async def _categorize(request: web.Request, state: State) -> List[str]:
     limit = state.settings.max_body_bytes
     # Content-Length says it up front: refuse without reading.
     if request.content_length is not None and request.content_length > limit:
         raise ApiError.too_large(limit)
+    encoding = request.headers.get(hdrs.CONTENT_ENCODING, "identity").strip().lower()
+    if encoding != "identity":
+        # A compressed body would inflate past every budget, which count the bytes sent.
+        raise ApiError.unsupported_encoding(encoding)
     scheduler = state.scheduler
-    try:
-        ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
-    except ApiError:
-        await _discard_body(request, state)
-        raise
+    ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
     try:
         body = await _read_body(request, scheduler, ticket, limit, state.settings.body_timeout_seconds)
         batch = state.decoder.decode(body)
         del body  # the decoded strings are what waits for the model, not the bytes too
         if not batch.titles:  # nothing to run
-            state.metrics.observe_predictions(())
-            return web.Response(body=_EMPTY, headers=_JSON_HEADERS)
-        categories = await scheduler.categorize(
+            return []
+        return await scheduler.categorize(
             ticket, batch.titles, batch.tags, batch.chars, lambda: request.transport is None
         )
     finally:
         scheduler.release(ticket)
-    state.metrics.observe_predictions(categories)
-    return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
 
 
 async def _read_body(
@@ -67,6 +78,8 @@ async def _read_body(
         raise ApiError.body_timeout(timeout) from None
     except ConnectionResetError:  # aiohttp's own disconnect errors subclass it
         raise ApiError.client_gone() from None
+    except web.RequestPayloadError as exc:  # e.g. a malformed chunked encoding
+        raise ApiError.invalid("body", f"malformed body: {exc}") from None
 
 
 async def _discard_body(request: web.Request, state: State) -> None:
@@ -79,15 +92,13 @@ async def _discard_body(request: web.Request, state: State) -> None:
     at most DISCARD_SLOTS bodies are read at a time; the other clients wait, blocked
     on their upload, which costs this worker nothing. Past DISCARD_WAIT_SECONDS, or the
     body time-out, aiohttp's lingering close takes over."""
-    if request.content.at_eof():
+    if request.content.is_eof():  # all of it has arrived: nothing to wait for
         return
     limit, timeout = state.settings.max_body_bytes, state.settings.body_timeout_seconds
-    try:
-        await asyncio.wait_for(state.discard_slots.acquire(), DISCARD_WAIT_SECONDS)
-    except asyncio.TimeoutError:
+    if not await state.discard_slots.acquire(DISCARD_WAIT_SECONDS):
         return  # a crowd of refused uploads: aiohttp's lingering close reads this one
     try:
-        with contextlib.suppress(asyncio.TimeoutError, ConnectionResetError):
+        with contextlib.suppress(asyncio.TimeoutError, ConnectionResetError, web.RequestPayloadError):
             await asyncio.wait_for(_drain(request, limit), timeout)
     finally:
         state.discard_slots.release()

@@ -1,19 +1,17 @@
 """Every decision about a worker's model work: admission, queue, batching, inline or
 thread, sub-batches. Handlers speak HTTP and hand their products here.
 
-**Admission**, before a body is read. A request is admitted from its Content-Length
-(a chunked body as its chunks arrive) against two budgets of the work admitted and
-not yet answered:
-
-- *bytes* (`MAX_PENDING_BYTES`): a waiting request holds its body, then its decoded
-  strings, so its memory follows its size; the budget bounds the worker's memory
-  whatever the number of clients;
-- *time* (`MAX_QUEUE_SECONDS`): the model time of the work admitted ahead of a request,
-  estimated from its bytes (`CostModel`). A request that would wait longer is refused
-  now rather than answered late, and `Retry-After` says when that work will be done.
-
-A refused request gets 503 with `Retry-After` (the handler first reads and drops the
-rest of its body, so that an uploading client sees the answer, not a reset).
+**Admission**, before a body is read. A request is refused at once, from its
+Content-Length, if its body would not fit the worker's budget of pending body bytes
+(`MAX_PENDING_BYTES`: a waiting request holds its body, then its decoded strings, so
+this bounds the worker's memory whatever the number of clients), or if the decoded work
+already queued would keep it waiting more than `MAX_QUEUE_SECONDS` (estimated from its
+characters, `CostModel`): served late is worse than refused. Bytes are charged as they
+arrive, and a body that stops fitting is refused then; model time is charged once the
+body is decoded. So a client that declares a large body and sends it slowly holds only
+what it has sent. A refused request gets 503 with `Retry-After`: the estimated seconds
+until the pending work is done (the handler first reads and drops the rest of the body,
+so that an uploading client sees the answer, not a reset).
 
 **Queue.** One FIFO queue per worker. Small calls run on the event loop (a thread
 hand-off costs more than they do), big ones on the model thread so that the loop keeps
@@ -78,39 +76,40 @@ Outcome = Union[List[str], BaseException, _Abandoned]
 
 
 class CostModel:
-    """Model seconds a request will cost, from its body bytes.
+    """Model seconds a request will cost, from the characters it sends (titles + tags).
 
-    Bytes are known before the body is read, and they follow the characters the model
-    reads (the cost) closely; products do not (titles range from 10 to 1,000
-    characters). The rate is learned from the calls themselves, so the estimate
-    follows the machine's speed.
+    Characters are what the model reads; products are not (titles range from 10 to 1,000
+    characters). The rate is learned from the calls themselves, so estimates follow the
+    machine's speed; and from characters, not body bytes, so that a body padded with
+    JSON white space cannot teach it that work is cheap.
     """
 
     # Seed, until calls are measured: ~0.3 us a character on the development machine.
-    SECONDS_PER_BYTE = 0.3e-6
+    SECONDS_PER_CHAR = 0.3e-6
     SECONDS_PER_REQUEST = 50e-6  # JSON, HTTP and the call's fixed cost
-    MIN_BYTES_TO_LEARN = 16 * 1024  # smaller calls measure their fixed cost, not bytes
+    MIN_CHARS_TO_LEARN = 16 * 1024  # smaller calls measure their fixed cost, not characters
     SMOOTHING = 0.2
 
     def __init__(self) -> None:
-        self.seconds_per_byte = self.SECONDS_PER_BYTE
+        self.seconds_per_char = self.SECONDS_PER_CHAR
 
-    def estimate(self, nbytes: int) -> float:
-        return self.SECONDS_PER_REQUEST + nbytes * self.seconds_per_byte
+    def estimate(self, chars: int) -> float:
+        return self.SECONDS_PER_REQUEST + chars * self.seconds_per_char
 
-    def observe(self, nbytes: int, seconds: float) -> None:
-        if nbytes >= self.MIN_BYTES_TO_LEARN:
-            self.seconds_per_byte += self.SMOOTHING * (seconds / nbytes - self.seconds_per_byte)
+    def observe(self, chars: int, seconds: float) -> None:
+        if chars >= self.MIN_CHARS_TO_LEARN:
+            self.seconds_per_char += self.SMOOTHING * (seconds / chars - self.seconds_per_char)
 
 
 class Ticket:
-    """One admitted request's share of the budgets, until it is answered."""
+    """One admitted request's share of the budgets, until it is answered: the body bytes
+    received so far, and once decoded, the model seconds its characters will cost."""
 
     __slots__ = ("nbytes", "released", "seconds")
 
-    def __init__(self, nbytes: int, seconds: float) -> None:
-        self.nbytes = nbytes
-        self.seconds = seconds
+    def __init__(self) -> None:
+        self.nbytes = 0
+        self.seconds = 0.0
         self.released = False
 
 
@@ -158,7 +157,8 @@ class Scheduler:
         # Gauges and counters, read by /metrics and the tests.
         self.pending_requests = 0
         self.pending_bytes = 0
-        self.pending_seconds = 0.0
+        self.pending_seconds = 0.0  # model seconds of the decoded pending requests
+        self._decoded_bytes = 0  # body bytes of those
         self.calls = 0
         self.requests = 0
 
@@ -168,28 +168,34 @@ class Scheduler:
 
     # -- admission -------------------------------------------------------------
 
-    def admit(self, nbytes: Optional[int]) -> Ticket:
-        """A ticket for a request of `nbytes` body bytes (None: chunked, counted as read),
-        or ApiError(503) with Retry-After when the budgets cannot take it."""
-        size = nbytes or 0
-        self._check(size, wait=self.pending_seconds)
-        ticket = Ticket(size, self.cost.estimate(size))
+    def admit(self, declared: Optional[int]) -> Ticket:
+        """A ticket for a request whose body will be `declared` bytes (None: chunked), or
+        ApiError(503) with Retry-After when it would not fit: its bytes beside the bytes
+        pending requests hold, or behind more than MAX_QUEUE_SECONDS of decoded work.
+
+        Nothing is charged yet: bytes as they arrive (`grow`), model time once decoded
+        (`categorize`). So a client that declares a body and sends nothing holds no
+        budget, and the time budget counts work that exists, not uploads in progress."""
+        self._check_closed()
+        self._check_bytes(declared or 0, self.pending_bytes)
+        if self.pending_seconds > self.max_queue_seconds:
+            self._refuse(
+                "queue_time",
+                f"the server is busy: about {self.pending_seconds:.1f} s of work is queued "
+                f"(limit {self.max_queue_seconds:g} s)",
+            )
         self.pending_requests += 1
-        self.pending_bytes += size
-        self.pending_seconds += ticket.seconds
-        return ticket
+        return Ticket()
 
     def grow(self, ticket: Ticket, nbytes: int) -> None:
-        """A chunked body has reached `nbytes`: count it, or refuse the request."""
+        """The request's body has reached `nbytes`: charge them, or refuse the request
+        (ApiError 503) if they no longer fit beside the other requests' bytes."""
         extra = nbytes - ticket.nbytes
         if extra <= 0:
             return
-        self._check(extra, wait=0.0)  # already admitted: only memory can refuse it now
-        seconds = self.cost.estimate(nbytes) - ticket.seconds
+        self._check_bytes(nbytes, self.pending_bytes - ticket.nbytes)
         ticket.nbytes = nbytes
-        ticket.seconds += seconds
         self.pending_bytes += extra
-        self.pending_seconds += seconds
 
     def release(self, ticket: Ticket) -> None:
         """The request is answered (or failed): its budget is free again."""
@@ -199,6 +205,8 @@ class Scheduler:
         self.pending_requests -= 1
         self.pending_bytes -= ticket.nbytes
         self.pending_seconds -= ticket.seconds
+        if ticket.seconds:
+            self._decoded_bytes -= ticket.nbytes
         self._since_trim += ticket.nbytes
         self._last_release = self._clock()
         if self.pending_requests == 0:
@@ -206,23 +214,23 @@ class Scheduler:
             self._schedule_trim()
 
     def retry_after(self) -> float:
-        """Seconds until the work admitted so far is done: when a refused client may retry."""
-        return self.pending_seconds
+        """Seconds until the work pending now is done, bodies still arriving included
+        (a byte is about a character): when a refused client may retry."""
+        arriving = self.pending_bytes - self._decoded_bytes
+        return self.pending_seconds + self.cost.estimate(arriving)
 
-    def _check(self, nbytes: int, wait: float) -> None:
+    def _check_closed(self) -> None:
         if self._closed:
             self._refuse("shutting_down", "the server is shutting down")
-        if self.pending_requests and self.pending_bytes + nbytes > self.max_pending_bytes:
+
+    def _check_bytes(self, nbytes: int, others: int) -> None:
+        # Other requests' bytes only: a worker with nothing else pending takes any body
+        # up to MAX_BODY_BYTES, even one over MAX_PENDING_BYTES.
+        if others and others + nbytes > self.max_pending_bytes:
             self._refuse(
                 "pending_bytes",
-                f"the server is busy: {self.pending_bytes} bytes of requests are pending "
+                f"the server is busy: {others} bytes of requests are pending "
                 f"(limit {self.max_pending_bytes})",
-            )
-        if wait > self.max_queue_seconds:
-            self._refuse(
-                "queue_time",
-                f"the server is busy: about {wait:.1f} s of work is queued "
-                f"(limit {self.max_queue_seconds:g} s)",
             )
 
     def _refuse(self, reason: str, detail: str) -> None:
@@ -236,13 +244,15 @@ class Scheduler:
     ) -> List[str]:
         """The categories of an admitted request's products, in order. `gone()` tells
         whether its client has left; ApiError(503 or 499) when it is not run."""
-        if self._closed:  # admitted before the drain ended, its body read only after
-            self._refuse("shutting_down", "the server is shutting down")
+        self._check_closed()  # admitted before the drain ended, its body read only after
+        ticket.seconds = self.cost.estimate(chars)
+        self.pending_seconds += ticket.seconds
+        self._decoded_bytes += ticket.nbytes
         if not self._busy() and not self._batchable(len(titles)) and chars <= self._inline_max_chars:
             # Idle and nothing to share a call with: run now, with no queue hop.
             self.calls += 1
             self.requests += 1
-            return self._timed_call(titles, tags, ticket.nbytes)
+            return self._timed_call(titles, tags, chars)
         future: asyncio.Future[List[str]] = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(ticket, titles, tags, chars, gone, future, self._clock()))
         self._schedule_flush()
@@ -341,7 +351,6 @@ class Scheduler:
         return [by_job.get(id(job), _ABANDONED) for job in jobs], seconds
 
     def _compute(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
-        nbytes = sum(job.ticket.nbytes for job in jobs)
         titles = [job.titles for job in jobs]
         tags = [job.tags for job in jobs]
         try:
@@ -352,12 +361,12 @@ class Scheduler:
             if len(jobs) == 1:
                 return [exc], 0.0
             return [self._alone(job) for job in jobs], 0.0
-        return _split(merged, [len(t) for t in titles]), seconds if nbytes else 0.0
+        return _split(merged, [len(t) for t in titles]), seconds
 
-    def _timed_call(self, titles: List[str], tags: List[str], nbytes: int) -> List[str]:
+    def _timed_call(self, titles: List[str], tags: List[str], chars: int) -> List[str]:
         start = time.perf_counter()
         categories = predict_in_sub_batches(self._model, titles, tags)
-        self.cost.observe(nbytes, time.perf_counter() - start)
+        self.cost.observe(chars, time.perf_counter() - start)
         return categories
 
     def _call(self, titles: List[List[str]], tags: List[List[str]]) -> List[str]:
@@ -384,7 +393,8 @@ class Scheduler:
     def _deliver(self, jobs: List[_Job], results: Tuple[List[Outcome], float]) -> None:
         outcomes, seconds = results
         if seconds:
-            self.cost.observe(sum(job.ticket.nbytes for job in jobs), seconds)
+            computed = [job for job, outcome in zip(jobs, outcomes) if outcome is not _ABANDONED]
+            self.cost.observe(sum(job.chars for job in computed), seconds)
         for job, outcome in zip(jobs, outcomes):
             if job.future.done():
                 continue

@@ -155,6 +155,7 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
                 "content": problem,
             },
             "413": {"description": f"Body over {settings.max_body_bytes} bytes.", "content": problem},
+            "415": {"description": "A Content-Encoding other than identity.", "content": problem},
             "500": {"description": "Server bug (logged); generic message.", "content": problem},
             "503": {
                 "description": (

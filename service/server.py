@@ -55,6 +55,9 @@ async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = Non
         access_log=access_logger() if sampled else None,  # None: no per-request logging cost
         access_log_class=access_logger_class(settings.access_log_sample),
         shutdown_timeout=settings.grace_seconds,
+        # Bodies stay as sent: the handler refuses compressed ones (415), which would
+        # otherwise be inflated by aiohttp before any budget could see their size.
+        auto_decompress=False,
     )
     stop = _stop_event()
     try:

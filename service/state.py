@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -13,6 +12,7 @@ from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.schema import RequestDecoder
 from service.settings import Settings
+from service.slots import Slots
 
 
 @dataclass
@@ -27,7 +27,7 @@ class State:
     # Admission, queue, batching and where each model call runs.
     scheduler: Scheduler
     # Bounds how many refused bodies this worker reads and drops at once (handlers).
-    discard_slots: asyncio.Semaphore
+    discard_slots: Slots
     # Set on SIGTERM: /readyz answers 503 and responses close their connection.
     draining: bool = False
 

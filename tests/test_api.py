@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gzip
 import io
 import json
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
@@ -202,6 +203,14 @@ async def test_rejects_too_many_products(client: Client, model_labels: Tuple[str
     await rejects(client, model_labels, body, "products")
 
 
+async def test_rejects_a_compressed_body_with_415(client: Client) -> None:
+    body = gzip.compress(b'{"products": [{"title": "Caneca"}]}')
+    response = await client.post(
+        "/v1/categorize", data=body, headers={"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    )
+    await assert_problem(response, 415, "body")
+
+
 async def test_rejects_body_over_limit_with_413(
     client: Client, model_labels: Tuple[str, ...], settings: Settings
 ) -> None:
@@ -375,7 +384,7 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     assert schemas["Product"]["required"] == ["title"]
     responses = doc["paths"]["/v1/categorize"]["post"]["responses"]
     # Every status the handler answers (499 goes to a client that has left: nobody reads it).
-    assert set(responses) == {"200", "400", "408", "413", "500", "503"}
+    assert set(responses) == {"200", "400", "408", "413", "415", "500", "503"}
     assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert "404" in doc["info"]["description"]
     assert "405" in doc["info"]["description"]

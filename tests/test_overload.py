@@ -39,9 +39,10 @@ SETTINGS = {
 # Growth of the whole process tree over idle during the burst: the model's buffers for
 # one sub-batch of long titles (~60 MB a worker, allocated once) plus the admitted work.
 MAX_GROWTH_MB = 200
-# The goal is 200 ms (bench.overload measures it); this only catches a loop that
-# stalls for whole seconds, on a shared CI machine.
-MAX_PROBE_P99_SECONDS = 1.0
+# The goal is 200 ms (bench.overload measures it); with ~40 probes the p99 is the
+# slowest one, so this only catches a loop that stalls for whole seconds, on a shared CI
+# machine that also runs the load generator.
+MAX_PROBE_P99_SECONDS = 2.0
 STOP_SLACK_SECONDS = 3.0
 
 # aiohttp's client warns that writing a body of more than 1 MiB at once blocks its loop for

@@ -98,6 +98,7 @@ def submit(
     """Admits and runs one request, releasing its ticket when done, as the handler does."""
     items = list(titles)
     ticket = scheduler.admit(nbytes)
+    scheduler.grow(ticket, nbytes)  # the whole body arrived
 
     async def run() -> List[str]:
         try:
@@ -201,6 +202,7 @@ async def test_the_thread_runs_one_call_and_holds_only_the_next(executor: Thread
     model = FakeModel(gate)
     scheduler, _ = make(model, executor, max_rows=1, inline_max_chars=0)
     pending = [submit(scheduler, f"big{i}") for i in range(4)]
+    await until(lambda: len(model.calls) == 1)
     await asyncio.sleep(0.05)
     assert len(model.calls) == 1, "a second call started while the first ran"
     # big1 waits ready on the thread; the rest stays in the queue, where it can be dropped.
@@ -306,33 +308,56 @@ async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
 
 def test_the_bytes_budget_refuses_with_retry_after_from_the_queue(executor: ThreadPoolExecutor) -> None:
     scheduler, metrics = make(FakeModel(), executor, max_pending_bytes=1000)
-    first = scheduler.admit(5000)  # an idle worker takes any request
+    scheduler.cost.seconds_per_char = 1e-3  # slow: 5,000 bytes arriving are ~5 s of work
+    first = scheduler.admit(5000)  # an idle worker takes any request ...
+    scheduler.grow(first, 5000)  # ... even one over the budget
     with pytest.raises(ApiError) as error:
         scheduler.admit(10)
     assert error.value.status == 503
-    retry = int(error.value.headers["Retry-After"])
-    assert retry == max(1, int(-(-scheduler.pending_seconds // 1)))
+    assert error.value.headers["Retry-After"] == "6"  # ~5.0 s of work pending, rounded up
     assert sample(metrics, "categorizer_refused_requests_total", reason="pending_bytes") == 1
     scheduler.release(first)
     assert (scheduler.pending_requests, scheduler.pending_bytes, scheduler.pending_seconds) == (0, 0, 0.0)
     scheduler.release(scheduler.admit(900))  # fits again
 
 
-def test_the_time_budget_refuses_work_that_would_wait_too_long(executor: ThreadPoolExecutor) -> None:
-    scheduler, metrics = make(FakeModel(), executor, max_queue_seconds=1.0)
-    scheduler.cost.seconds_per_byte = 1e-6
-    scheduler.admit(600_000)  # ~0.6 s of work
-    scheduler.admit(600_000)  # waits ~0.6 s: admitted
+def test_a_declared_body_holds_nothing_until_it_arrives(executor: ThreadPoolExecutor) -> None:
+    # A client that announces a large body and sends it slowly (or never) must not lock
+    # everybody else out: bytes are charged as they arrive.
+    scheduler, _ = make(FakeModel(), executor, max_pending_bytes=1000)
+    slow = [scheduler.admit(900) for _ in range(5)]
+    assert scheduler.pending_bytes == 0
+    other = scheduler.admit(900)
+    scheduler.grow(other, 900)
+    with pytest.raises(ApiError) as error:  # once its bytes come, a slow one no longer fits
+        scheduler.grow(slow[0], 200)
+    assert error.value.status == 503
+    for ticket in [*slow, other]:
+        scheduler.release(ticket)
+    assert (scheduler.pending_requests, scheduler.pending_bytes) == (0, 0)
+
+
+async def test_the_time_budget_refuses_work_that_would_wait_too_long(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    scheduler, metrics = make(
+        FakeModel(gate), executor, max_rows=1, inline_max_chars=0, max_queue_seconds=1.0
+    )
+    scheduler.cost.seconds_per_char = 1e-3
+    queued = [submit(scheduler, "x" * 600) for _ in range(2)]  # ~0.6 s of work each
+    await asyncio.sleep(0.05)
     with pytest.raises(ApiError) as error:
         scheduler.admit(10)  # would wait ~1.2 s
     assert error.value.status == 503
     assert error.value.headers["Retry-After"] == "2"  # the ~1.2 s of work ahead, rounded up
     assert sample(metrics, "categorizer_refused_requests_total", reason="queue_time") == 1
+    gate.set()
+    await asyncio.gather(*queued)
 
 
 def test_a_chunked_body_is_counted_as_it_arrives(executor: ThreadPoolExecutor) -> None:
     scheduler, _ = make(FakeModel(), executor, max_pending_bytes=1000)
     other = scheduler.admit(400)
+    scheduler.grow(other, 400)
     chunked = scheduler.admit(None)
     scheduler.grow(chunked, 500)
     assert scheduler.pending_bytes == 900
@@ -347,9 +372,9 @@ def test_a_chunked_body_is_counted_as_it_arrives(executor: ThreadPoolExecutor) -
 def test_the_cost_model_learns_the_machine_speed() -> None:
     cost = CostModel()
     for _ in range(50):
-        cost.observe(1_000_000, 2.0)  # 2 us a byte: a slow machine
+        cost.observe(1_000_000, 2.0)  # 2 us a character: a slow machine
     assert cost.estimate(1_000_000) == pytest.approx(2.0, rel=0.01)
-    cost.observe(100, 5.0)  # a tiny call measures its fixed cost, not bytes: ignored
+    cost.observe(100, 5.0)  # a tiny call measures its fixed cost, not characters: ignored
     assert cost.estimate(1_000_000) == pytest.approx(2.0, rel=0.01)
 
 
