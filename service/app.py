@@ -59,7 +59,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     log.info("model loaded", extra={"model_path": settings.model_path, "labels": len(model.labels)})
     yield
-    scheduler.close()  # anything still queued is answered 503
+    scheduler.close()  # the server has stopped: anything still queued is answered 503
     executor.shutdown(wait=True)  # after the server has finished in-flight requests
     # How much sharing the load allowed: requests per model call.
     log.info("batching", extra={"requests": scheduler.requests, "model_calls": scheduler.calls})

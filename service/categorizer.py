@@ -8,6 +8,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
+from service.identity import model_version
+
 INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
 OUTPUT_LABEL = "label"
@@ -20,9 +22,10 @@ class ModelError(Exception):
 class Categorizer:
     """Predicts one category per (title, tags) pair with an onnxruntime session."""
 
-    def __init__(self, session: ort.InferenceSession, labels: Tuple[str, ...]) -> None:
+    def __init__(self, session: ort.InferenceSession, labels: Tuple[str, ...], version: str = "") -> None:
         self._session = session
         self.labels = labels
+        self.version = version  # service.identity.model_version of the file loaded
 
     @classmethod
     def load(cls, path: str) -> Categorizer:
@@ -32,7 +35,7 @@ class Categorizer:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises bare RuntimeError subclasses
             raise ModelError(f"cannot load model {path!r}: {_one_line(exc)}") from None
         _check_signature(session, path)
-        model = cls(session, _read_labels(session, path))
+        model = cls(session, _read_labels(session, path), model_version(path))
         model._warm_up(path)
         return model
 

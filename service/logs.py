@@ -11,7 +11,6 @@ from typing import Any, Dict
 
 import msgspec
 
-from service.identity import model_version
 from service.settings import Settings
 
 log = logging.getLogger("categorizer")
@@ -46,15 +45,18 @@ def configure(level: str) -> None:
     root.setLevel(level)
 
 
-def log_serving(settings: Settings, workers: int) -> None:
-    """The one line that says the service is up: where, how many workers, which model."""
+def log_serving(settings: Settings, workers: int, model_version: str) -> None:
+    """The one line that says the service is up: where, how many workers, which model
+    (the version the workers computed from the file they loaded)."""
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "") else settings.host
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
     log.info(
         "serving",
         extra={
             "url": f"http://{host}:{settings.port}",
             "workers": workers,
-            "model_version": model_version(settings.model_path),
+            "model_version": model_version,
             "model_path": settings.model_path,
         },
     )

@@ -151,6 +151,7 @@ class Scheduler:
         self._flush_due = False  # a flush is scheduled on the loop
         self._handed = 0  # calls handed to the model thread and not yet back
         self._closed = False
+        self._keep_seconds = 0.0  # after close: how much queued work may still start
         self._since_trim = 0  # body bytes answered since memory was last given back
         self._trim_timer: Optional[asyncio.TimerHandle] = None
         self._last_release = 0.0
@@ -244,7 +245,10 @@ class Scheduler:
     ) -> List[str]:
         """The categories of an admitted request's products, in order. `gone()` tells
         whether its client has left; ApiError(503 or 499) when it is not run."""
-        self._check_closed()  # admitted before the drain ended, its body read only after
+        if self._closed and self._queued_seconds() >= self._keep_seconds:
+            # Admitted before the drain ended, its body read only after: it runs if it
+            # would start within the grace, like the queue it joins.
+            self._refuse("shutting_down", "the server is shutting down")
         ticket.seconds = self.cost.estimate(chars)
         self.pending_seconds += ticket.seconds
         self._decoded_bytes += ticket.nbytes
@@ -258,21 +262,37 @@ class Scheduler:
         self._schedule_flush()
         return await future
 
-    def refuse_queued(self) -> int:
-        """Answers 503 to every request waiting for the model (shutdown): nobody is left
-        to read what they would compute. Returns how many."""
+    def refuse_queued(self, keep_seconds: float = 0.0) -> int:
+        """Shutdown: answers 503 at once to the queued requests that would not start
+        within `keep_seconds` (after a burst, their clients would have given up by the
+        time they ran; told now, they retry elsewhere). The requests ahead of them, a
+        light load's few, still run. Returns how many were refused."""
+        kept: Deque[_Job] = deque()
+        ahead = 0.0
         refused = 0
         while self._queue:
             job = self._queue.popleft()
-            if not job.future.done():
+            if job.future.done():
+                continue
+            if ahead >= keep_seconds:
                 self._fail(job, "shutting_down", self._shutting_down_error())
                 refused += 1
+                continue
+            ahead += job.ticket.seconds
+            kept.append(job)
+        self._queue = kept
         return refused
 
-    def close(self) -> int:
-        """From now on every request is refused; the queue too. Returns how many were queued."""
+    def close(self, keep_seconds: float = 0.0) -> int:
+        """End of the drain: every new request is refused, and so is queued work that
+        would not start within `keep_seconds` (the grace). Returns how many were queued
+        and refused."""
         self._closed = True
-        return self.refuse_queued()
+        self._keep_seconds = keep_seconds
+        return self.refuse_queued(keep_seconds)
+
+    def _queued_seconds(self) -> float:
+        return sum(job.ticket.seconds for job in self._queue)
 
     def _batchable(self, rows: int) -> bool:
         return rows < self.batch_max_products

@@ -1,14 +1,15 @@
 """One worker: serve the app on the shared port until SIGTERM, then drain and stop.
 
 Shutdown sequence (the same in every worker):
-1. SIGTERM/SIGINT: /readyz turns 503 at once, and requests queued for the model are
-   answered 503 at once (after a burst that queue holds work for clients that will
-   have given up by the time it is done). New requests are still admitted and served,
-   new connections still accepted (closing a SO_REUSEPORT listener would reset the
+1. SIGTERM/SIGINT: /readyz turns 503 at once, and queued requests that would not
+   start within DRAIN_SECONDS are answered 503 at once (after a burst, that queue holds
+   work for clients that will have given up by the time it is done; a light load's
+   few queued requests still run). New requests are still admitted and served, new
+   connections still accepted (closing a SO_REUSEPORT listener would reset the
    connections queued in its accept backlog), responses carry `Connection: close`.
-2. After DRAIN_SECONDS: every request still queued or arriving is answered 503; stop
-   accepting, let in-flight model calls finish within GRACE_SECONDS, release the
-   model, return (exit code 0).
+2. After DRAIN_SECONDS: new requests, and queued ones that would not start within
+   GRACE_SECONDS, are answered 503; stop accepting, let the rest finish within
+   GRACE_SECONDS, release the model, return (exit code 0).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ class StartupError(Exception):
     """The worker could not start (model, port); the message is one line."""
 
 
-def run_worker(settings: Settings, on_ready: Optional[Callable[[], None]] = None) -> None:
+def run_worker(settings: Settings, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serves until SIGTERM/SIGINT and a graceful stop; raises StartupError."""
     try:
         import uvloop  # optional: plain asyncio works, only slower
@@ -46,7 +47,8 @@ def run_worker(settings: Settings, on_ready: Optional[Callable[[], None]] = None
         uvloop.run(serve(settings, on_ready))
 
 
-async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = None) -> None:
+async def serve(settings: Settings, on_ready: Optional[Callable[[str], None]] = None) -> None:
+    """Serves until stopped; `on_ready(model_version)` once listening (a worker's report)."""
     app = create_app(settings)
     sampled = settings.access_log_sample > 0
     runner = web.AppRunner(
@@ -70,18 +72,19 @@ async def serve(settings: Settings, on_ready: Optional[Callable[[], None]] = Non
             await site.start()
         except OSError as exc:
             raise StartupError(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}") from None
+        version = app[STATE].model.version
         if on_ready is None:  # serving alone: this is the service's start-up line
-            log_serving(settings, 1)
+            log_serving(settings, 1, version)
         else:  # a worker: the supervisor says it once all are up
             log.info("worker serving", extra={"host": settings.host, "port": settings.port})
-            on_ready()
+            on_ready(version)
         await stop.wait()
         state = app[STATE]
         state.draining = True
-        refused = state.scheduler.refuse_queued()
+        refused = state.scheduler.refuse_queued(keep_seconds=settings.drain_seconds)
         log.info("draining", extra={"seconds": settings.drain_seconds, "refused_queued": refused})
         await asyncio.sleep(settings.drain_seconds)
-        refused = state.scheduler.close()
+        refused = state.scheduler.close(keep_seconds=settings.grace_seconds)
         log.info("stopping", extra={"grace_seconds": settings.grace_seconds, "refused_queued": refused})
     finally:
         await runner.cleanup()  # stops accepting, waits for in-flight requests

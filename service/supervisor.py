@@ -50,7 +50,7 @@ def worker_main(settings: Settings, conn: mpc.Connection) -> None:
 
     configure(settings.log_level)
     try:
-        run_worker(settings, on_ready=lambda: conn.send(READY))
+        run_worker(settings, on_ready=lambda version: conn.send((READY, version)))
     except StartupError as exc:
         conn.send(str(exc))
         sys.exit(EXIT_STARTUP)
@@ -62,7 +62,7 @@ class Supervisor:
         self.workers: Dict[int, BaseProcess] = {}  # by sentinel
         self.pipes: Dict[Any, BaseProcess] = {}  # parent end of each worker's pipe
         self.started: Set[int] = set()  # pids that reported STARTED: safe to signal
-        self.ready: Set[int] = set()  # pids that reported READY
+        self.ready: Dict[int, str] = {}  # pids that reported READY: the model version each loaded
         self.stopping = False
         self.exit_code = 0
 
@@ -131,10 +131,11 @@ class Supervisor:
             self.started.add(process.pid or 0)
             if self.stopping:  # the stop came before the worker could take it
                 self._signal(process)
-        elif message == READY:
-            self.ready.add(process.pid or 0)
-            if len(self.ready) == self.settings.workers:
-                log_serving(self.settings, self.settings.workers)
+        elif isinstance(message, tuple) and message[0] == READY:
+            self.ready[process.pid or 0] = message[1]
+            if len(self.ready) == self.settings.workers and not self.stopping:
+                # One version, unless the file changed while the workers loaded it.
+                log_serving(self.settings, self.settings.workers, ",".join(sorted(set(self.ready.values()))))
         elif not self.stopping:  # a start-up error: report the first one only
             print(f"error: {message}", file=sys.stderr)
             self.exit_code = EXIT_STARTUP

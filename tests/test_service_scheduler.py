@@ -298,7 +298,7 @@ async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
     gate.set()
     assert await asyncio.gather(*running) == [["RUNNING"], ["NEXT"]]
     assert sample(metrics, "categorizer_refused_requests_total", reason="shutting_down") == 3
-    scheduler.close()
+    scheduler.close(keep_seconds=10.0)
     with pytest.raises(ApiError, match="shutting down"):
         scheduler.admit(10)
 
@@ -526,3 +526,20 @@ async def _leave_while_queued(state: State, base: str) -> None:
             text = await metrics.text()
     assert "categorizer_abandoned_requests_total 1.0" in text
     assert 'categorizer_http_requests_total{route="/v1/categorize",status="499"} 1.0' in text
+
+
+async def test_at_shutdown_work_that_would_start_within_the_drain_still_runs(
+    executor: ThreadPoolExecutor,
+) -> None:
+    gate = threading.Event()
+    scheduler, _ = make(FakeModel(gate), executor, max_rows=1, inline_max_chars=0)
+    scheduler.cost.seconds_per_char = 1e-3  # each 600-character request: ~0.6 s of work
+    running = [submit(scheduler, "x" * 600) for _ in range(2)]  # on the thread
+    queued = [submit(scheduler, f"{i}" * 600) for i in range(4)]
+    await until(lambda: scheduler.queued_requests == 4)
+    # A one-second drain: the first two queued would start within it (0 and ~0.6 s of
+    # queued work ahead of them), the other two would not.
+    assert scheduler.refuse_queued(keep_seconds=1.0) == 2
+    gate.set()
+    results = await asyncio.gather(*running, *queued, return_exceptions=True)
+    assert [isinstance(r, ApiError) for r in results] == [False, False, False, False, True, True]
