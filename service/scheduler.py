@@ -2,16 +2,14 @@
 thread, sub-batches. Handlers speak HTTP and hand their products here.
 
 **Admission**, before a body is read. A request is refused at once, from its
-Content-Length, if its body would not fit the worker's budget of pending body bytes
-(`MAX_PENDING_BYTES`: a waiting request holds its body, then its decoded strings, so
-this bounds the worker's memory whatever the number of clients), or if the decoded work
-already queued would keep it waiting more than `MAX_QUEUE_SECONDS` (estimated from its
-characters, `CostModel`): served late is worse than refused. Bytes are charged as they
-arrive, and a body that stops fitting is refused then; model time is charged once the
-body is decoded. So a client that declares a large body and sends it slowly holds only
-what it has sent. A refused request gets 503 with `Retry-After`: the estimated seconds
-until the pending work is done (the handler first reads and drops the rest of the body,
-so that an uploading client sees the answer, not a reset).
+Content-Length, if its body would not fit beside the bytes the worker's pending requests
+hold (`MAX_PENDING_BYTES`: a waiting request holds its body, then its decoded strings, so
+this bounds the worker's memory whatever the number of clients; a chunked body is charged
+as it arrives), or if the decoded work already queued would keep it waiting more than
+`MAX_QUEUE_SECONDS` (estimated from characters, `CostModel`): served late is worse than
+refused. A refused request gets 503 with `Retry-After`: the estimated seconds until the
+pending work is done (the handler first reads and drops the rest of the body, so that an
+uploading client sees the answer, not a reset).
 
 **Queue.** One FIFO queue per worker. Small calls run on the event loop (a thread
 hand-off costs more than they do), big ones on the model thread so that the loop keeps
@@ -174,11 +172,13 @@ class Scheduler:
         ApiError(503) with Retry-After when it would not fit: its bytes beside the bytes
         pending requests hold, or behind more than MAX_QUEUE_SECONDS of decoded work.
 
-        Nothing is charged yet: bytes as they arrive (`grow`), model time once decoded
-        (`categorize`). So a client that declares a body and sends nothing holds no
-        budget, and the time budget counts work that exists, not uploads in progress."""
+        The declared bytes are charged now, so that the requests admitted together cannot
+        exceed the budget between them (a chunked body is charged as it arrives, `grow`).
+        Model time is charged once the body is decoded (`categorize`): the time budget
+        counts work that exists, not uploads in progress."""
         self._check_closed()
-        self._check_bytes(declared or 0, self.pending_bytes)
+        size = declared or 0
+        self._check_bytes(size, self.pending_bytes)
         if self.pending_seconds > self.max_queue_seconds:
             self._refuse(
                 "queue_time",
@@ -186,11 +186,15 @@ class Scheduler:
                 f"(limit {self.max_queue_seconds:g} s)",
             )
         self.pending_requests += 1
-        return Ticket()
+        self.pending_bytes += size
+        ticket = Ticket()
+        ticket.nbytes = size
+        return ticket
 
     def grow(self, ticket: Ticket, nbytes: int) -> None:
-        """The request's body has reached `nbytes`: charge them, or refuse the request
-        (ApiError 503) if they no longer fit beside the other requests' bytes."""
+        """The request's body has reached `nbytes`: charge what exceeds its charge so far
+        (a chunked body), or refuse the request (ApiError 503) if that no longer fits
+        beside the other requests' bytes."""
         extra = nbytes - ticket.nbytes
         if extra <= 0:
             return

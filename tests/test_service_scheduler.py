@@ -309,8 +309,7 @@ async def test_shutdown_refuses_the_queue_at_once_and_finishes_the_running_call(
 def test_the_bytes_budget_refuses_with_retry_after_from_the_queue(executor: ThreadPoolExecutor) -> None:
     scheduler, metrics = make(FakeModel(), executor, max_pending_bytes=1000)
     scheduler.cost.seconds_per_char = 1e-3  # slow: 5,000 bytes arriving are ~5 s of work
-    first = scheduler.admit(5000)  # an idle worker takes any request ...
-    scheduler.grow(first, 5000)  # ... even one over the budget
+    first = scheduler.admit(5000)  # an idle worker takes any request, even one over the budget
     with pytest.raises(ApiError) as error:
         scheduler.admit(10)
     assert error.value.status == 503
@@ -319,22 +318,6 @@ def test_the_bytes_budget_refuses_with_retry_after_from_the_queue(executor: Thre
     scheduler.release(first)
     assert (scheduler.pending_requests, scheduler.pending_bytes, scheduler.pending_seconds) == (0, 0, 0.0)
     scheduler.release(scheduler.admit(900))  # fits again
-
-
-def test_a_declared_body_holds_nothing_until_it_arrives(executor: ThreadPoolExecutor) -> None:
-    # A client that announces a large body and sends it slowly (or never) must not lock
-    # everybody else out: bytes are charged as they arrive.
-    scheduler, _ = make(FakeModel(), executor, max_pending_bytes=1000)
-    slow = [scheduler.admit(900) for _ in range(5)]
-    assert scheduler.pending_bytes == 0
-    other = scheduler.admit(900)
-    scheduler.grow(other, 900)
-    with pytest.raises(ApiError) as error:  # once its bytes come, a slow one no longer fits
-        scheduler.grow(slow[0], 200)
-    assert error.value.status == 503
-    for ticket in [*slow, other]:
-        scheduler.release(ticket)
-    assert (scheduler.pending_requests, scheduler.pending_bytes) == (0, 0)
 
 
 async def test_the_time_budget_refuses_work_that_would_wait_too_long(executor: ThreadPoolExecutor) -> None:
@@ -357,7 +340,6 @@ async def test_the_time_budget_refuses_work_that_would_wait_too_long(executor: T
 def test_a_chunked_body_is_counted_as_it_arrives(executor: ThreadPoolExecutor) -> None:
     scheduler, _ = make(FakeModel(), executor, max_pending_bytes=1000)
     other = scheduler.admit(400)
-    scheduler.grow(other, 400)
     chunked = scheduler.admit(None)
     scheduler.grow(chunked, 500)
     assert scheduler.pending_bytes == 900
