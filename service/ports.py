@@ -19,16 +19,15 @@ def taken(host: str, port: int) -> Optional[str]:
     if port == 0:  # the kernel picks a free port per worker: nothing to collide with
         return None
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
         return f"cannot listen on {host}:{port}: {exc.strerror}"
-    with socket.socket(family, kind, proto) as probe:
-        # SO_REUSEADDR: connections of an earlier run in TIME_WAIT do not count, a listener does.
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(address)
-        except OSError as exc:
-            return f"cannot listen on {host}:{port}: {exc.strerror} (is another server running there?)"
+    for family, kind, proto, _, address in addresses:  # "localhost": ::1 and 127.0.0.1
+        with socket.socket(family, kind, proto) as probe:
+            # SO_REUSEADDR: an earlier run's connections in TIME_WAIT do not count, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                return f"cannot listen on {host}:{port}: {exc.strerror} (is another server running there?)"
     return None

@@ -377,10 +377,14 @@ class Scheduler:
     def _compute(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
         titles = [job.titles for job in jobs]
         tags = [job.tags for job in jobs]
+        # A request alone may be big (up to 40 sub-batches): stop it if its client leaves.
+        gone = jobs[0].gone if len(jobs) == 1 else None
         try:
             start = time.perf_counter()
-            merged = self._call(titles, tags)
+            merged = self._call(titles, tags, gone)
             seconds = time.perf_counter() - start
+        except _ClientLeft:
+            return [_ABANDONED], 0.0
         except Exception as exc:  # noqa: BLE001 - which request caused it is unknown: run each alone
             if len(jobs) == 1:
                 return [exc], 0.0
@@ -393,10 +397,12 @@ class Scheduler:
         self.cost.observe(chars, time.perf_counter() - start)
         return categories
 
-    def _call(self, titles: List[List[str]], tags: List[List[str]]) -> List[str]:
+    def _call(
+        self, titles: List[List[str]], tags: List[List[str]], gone: Optional[Callable[[], bool]]
+    ) -> List[str]:
         flat_titles = [title for group in titles for title in group]
         flat_tags = [tag for group in tags for tag in group]
-        return predict_in_sub_batches(self._model, flat_titles, flat_tags)
+        return predict_in_sub_batches(self._model, flat_titles, flat_tags, gone)
 
     def _alone(self, job: _Job) -> Outcome:
         try:
@@ -454,13 +460,22 @@ class Scheduler:
         self._trim()
 
 
-def predict_in_sub_batches(model: Model, titles: List[str], tags: List[str]) -> List[str]:
-    """One category per title, in order; big inputs in sub-batches sorted by length."""
+class _ClientLeft(Exception):
+    """Raised between sub-batches when the only client of a call has left."""
+
+
+def predict_in_sub_batches(
+    model: Model, titles: List[str], tags: List[str], gone: Optional[Callable[[], bool]] = None
+) -> List[str]:
+    """One category per title, in order; big inputs in sub-batches sorted by length,
+    given up between two of them (_ClientLeft) once `gone()` says the client left."""
     if len(titles) <= SUB_BATCH_ROWS:
         return model.predict(titles, tags) if titles else []
     order = sorted(range(len(titles)), key=lambda i: len(titles[i]) + len(tags[i]))
     categories = [""] * len(titles)
     for start in range(0, len(order), SUB_BATCH_ROWS):
+        if gone is not None and gone():
+            raise _ClientLeft
         rows = order[start : start + SUB_BATCH_ROWS]
         batch = model.predict([titles[i] for i in rows], [tags[i] for i in rows])
         for i, category in zip(rows, batch):

@@ -525,3 +525,18 @@ async def test_at_shutdown_work_that_would_start_within_the_drain_still_runs(
     gate.set()
     results = await asyncio.gather(*running, *queued, return_exceptions=True)
     assert [isinstance(r, ApiError) for r in results] == [False, False, False, False, True, True]
+
+
+async def test_a_big_request_stops_between_sub_batches_once_its_client_left(
+    executor: ThreadPoolExecutor,
+) -> None:
+    model = FakeModel()
+    scheduler, metrics = make(model, executor, inline_max_chars=0)
+    rows = [f"t{i}" for i in range(3 * scheduling.SUB_BATCH_ROWS)]
+    # The client leaves while the first of three sub-batches runs.
+    running = submit(scheduler, *rows, gone=lambda: len(model.calls) >= 1)
+    with pytest.raises(ApiError) as error:
+        await running
+    assert error.value.status == 499
+    assert len(model.calls) == 1
+    assert sample(metrics, "categorizer_abandoned_requests_total") == 1
