@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
+import aiohttp
 import pytest
 
-from bench import load, procs
+from bench import load, overload, procs
 from tests.datasets import ROOT
 from tests.servers import Launcher, wait_listeners, wait_ready
 
@@ -110,8 +111,6 @@ async def test_a_refusal_is_a_problem_with_retry_after(launcher: Launcher) -> No
 
 
 async def _post(url: str, body: bytes) -> Any:
-    import aiohttp
-
     async with aiohttp.ClientSession() as session, session.post(url, data=body) as response:
         return response.status, dict(response.headers), await response.read()
 
@@ -132,7 +131,7 @@ async def test_sigterm_right_after_a_burst_answers_everyone_and_exits_cleanly(la
     assert took <= deadline, f"exit after {took:.1f} s"
     assert answered <= deadline
     stderr = launcher.stderr(proc)
-    noisy = [line for line in stderr.splitlines() if '"level":"INFO"' not in line.replace(" ", "")]
+    noisy = overload.other_stderr_lines(stderr)
     assert len(noisy) <= 10, stderr[-2000:]
 
 
