@@ -105,8 +105,8 @@ class Ticket:
 
     __slots__ = ("nbytes", "released", "seconds")
 
-    def __init__(self) -> None:
-        self.nbytes = 0
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
         self.seconds = 0.0
         self.released = False
 
@@ -187,9 +187,7 @@ class Scheduler:
             )
         self.pending_requests += 1
         self.pending_bytes += size
-        ticket = Ticket()
-        ticket.nbytes = size
-        return ticket
+        return Ticket(size)
 
     def grow(self, ticket: Ticket, nbytes: int) -> None:
         """The request's body has reached `nbytes`: charge what exceeds its charge so far
@@ -348,8 +346,7 @@ class Scheduler:
             return False
         waited = now - job.queued_at
         if job.gone():
-            self._metrics.observe_abandoned()
-            job.future.set_exception(ApiError.client_left())
+            self._abandon(job)
             return False
         if waited > self.max_queue_seconds:
             detail = f"the server is busy: waited {waited:.1f} s (limit {self.max_queue_seconds:g} s)"
@@ -357,6 +354,10 @@ class Scheduler:
             return False
         self._metrics.observe_queue_wait(waited)
         return True
+
+    def _abandon(self, job: _Job) -> None:
+        self._metrics.observe_abandoned()
+        job.future.set_exception(ApiError.client_left())
 
     def _fail(self, job: _Job, reason: str, error: ApiError) -> None:
         self._metrics.observe_refused(reason)
@@ -429,8 +430,7 @@ class Scheduler:
             if job.future.done():
                 continue
             if isinstance(outcome, _Abandoned):
-                self._metrics.observe_abandoned()
-                job.future.set_exception(ApiError.client_left())
+                self._abandon(job)
             elif isinstance(outcome, BaseException):
                 job.future.set_exception(outcome)
             else:
