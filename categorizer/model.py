@@ -1,7 +1,7 @@
 """Modelling: hashed features, tf-idf with occurrence l2 norms per block, SGD logistic regression.
 
 Two heads share the features: one scores products sent without tags, the
-other products sent with them (see Model).
+other products sent with them (see heads).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
+from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, TITLE_HEAD, heads_of, heads_of_tags
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
 RANDOM_STATE = 0
@@ -105,7 +106,7 @@ class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
 
 def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Doc]:
     """(title, tags) pairs; no tags means the title-only view."""
-    return list(zip(titles, tags if tags is not None else [""] * len(titles)))
+    return list(zip(titles, tags if tags is not None else [EMPTY_TAGS] * len(titles)))
 
 
 def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
@@ -129,31 +130,19 @@ def training_examples(
     target = np.concatenate([target, queries["category"].to_numpy()])
     batch = batch + docs(queries["query"].tolist())
     if tags_only_weight > 0:
-        tagged = distinct[distinct["concatenated_tags"] != ""]
+        tagged = distinct[heads_of_tags(distinct["concatenated_tags"]) == TAGS_HEAD]
         batch = batch + docs([""] * len(tagged), tagged["concatenated_tags"].tolist())
         weights = np.concatenate([weights, np.full(len(tagged), tags_only_weight)])
         target = np.concatenate([target, tagged["category"].to_numpy()])
     return batch, target, weights
 
 
-# Head indices: what a product is scored by (see Model).
-TITLE_HEAD = 0
-TAGS_HEAD = 1
-
-
-def heads_of(batch: Sequence[Doc]) -> np.ndarray:
-    """TAGS_HEAD for each product sent with tags (a non-empty string), else TITLE_HEAD."""
-    return np.array([TAGS_HEAD if tags != "" else TITLE_HEAD for _, tags in batch], dtype=np.intp)
-
-
 @dataclass
 class Model:
     """The fitted heads, with weights exactly as the ONNX file stores them.
 
-    Both heads read the same features. The title head (index TITLE_HEAD)
-    scores products sent without tags, the tags head the others: training
-    the tags head on each product's tags alone, too, helps it and would hurt
-    titles, which is what most clients send.
+    Both heads read the same features; heads.head_of says which one scores a
+    product, and why there are two.
     """
 
     spec: FeatureSpec

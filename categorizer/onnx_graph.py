@@ -37,6 +37,7 @@ from categorizer.features import (
     WORD_MARK,
     FeatureSpec,
 )
+from categorizer.heads import EMPTY_TAGS, N_HEADS
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -64,8 +65,6 @@ _MAX_SHIFT = MAX_NGRAM_ORDER - 1
 # [n_heads, n_classes] float64.
 WEIGHTS = "weights"
 INTERCEPT = "intercept"
-# The heads, in table order: products without tags, products with tags.
-N_HEADS = 2
 
 
 @dataclass
@@ -430,8 +429,8 @@ def build_model(
     # the rest of the graph cannot take (onnxruntime aborted the process). The extra
     # row's score is dropped below; an empty batch gets empty outputs.
     title, tags = (b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags"))
-    # Head 1 (tags) where the tags string is not empty, as model.heads_of decides.
-    head = b.op("Cast", [b.op("Not", [b.op("Equal", [tags, b.const("")])])], to=TensorProto.INT64)
+    # Head 1 (tags) where the tags string is not empty, as heads.head_of decides.
+    head = b.op("Cast", [b.op("Not", [b.op("Equal", [tags, b.const(EMPTY_TAGS)])])], to=TensorProto.INT64)
     tables = b.op("Mul", [head, b.const(spec.n_features + 1)])
     blocks = _features(b, spec, title, tags, tables)
     padded = _scores(b, blocks, b.op("Shape", [title]), len(labels), head)

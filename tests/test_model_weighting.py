@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.model import TAGS_HEAD, TITLE_HEAD, OccurrenceTfidf, heads_of, training_examples, vectorizer
+from categorizer.heads import TAGS_HEAD, TITLE_HEAD, heads_of
+from categorizer.model import OccurrenceTfidf, training_examples, vectorizer
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:

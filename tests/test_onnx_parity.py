@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from categorizer import export, prepare
 from categorizer.features import FeatureSpec
-from categorizer.model import TAGS_HEAD, TITLE_HEAD, HeadWeights, Model, docs, from_weights, round_weights
+from categorizer.heads import TAGS_HEAD, TITLE_HEAD, head_of
+from categorizer.model import HeadWeights, Model, docs, from_weights, round_weights
 from categorizer.onnx_graph import split_weight_table, weight_table
 from tests.datasets import model_file, public_test_csv, training_csv
 
@@ -204,7 +205,7 @@ def test_the_tags_string_chooses_the_head() -> None:
     tags = ["", "x", "", "menino"]
     _, proba = onnx_predict(session, titles, tags)
     for title, tag, row in zip(titles, tags, proba):
-        head = model.heads[TAGS_HEAD if tag else TITLE_HEAD]
+        head = model.heads[head_of(tag)]
         np.testing.assert_allclose(row, head.predict_proba([(title, tag)])[0], atol=1e-12)
     # Random heads disagree, so rows of one title score differently with any tags.
     assert np.abs(proba[0] - proba[1]).max() > 1e-3
