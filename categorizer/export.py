@@ -11,14 +11,9 @@ import onnx
 from onnx import numpy_helper
 
 from categorizer.features import FeatureSpec
-from categorizer.model import HeadWeights, Model, from_weights, weights_of
-from categorizer.onnx_graph import INTERCEPT, WEIGHTS, build_model, split_weight_table
-
-# Metadata keys other languages read; part of the file's contract.
-LABELS_KEY = "labels"
-FEATURE_SPEC_KEY = "feature_spec"
-METRICS_KEY = "metrics"
-DATA_SHA256_KEY = "training_data_sha256"
+from categorizer.model import Model, from_weights, weights_of
+from categorizer.onnx_graph import build_model
+from categorizer.weights import DATA_SHA256_KEY, FEATURE_SPEC_KEY, LABELS_KEY, METRICS_KEY, read_heads
 
 
 def to_onnx(model: Model, metrics: Mapping[str, Any], data_sha256: str) -> onnx.ModelProto:
@@ -73,8 +68,4 @@ def load_reference(path: Path) -> Model:
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
-    tables = split_weight_table(weights[WEIGHTS])
-    if len(weights[INTERCEPT]) != len(tables):
-        raise ValueError(f"{len(tables)} weight tables but {len(weights[INTERCEPT])} intercept rows")
-    heads = [HeadWeights(idf, coef, intercept) for (idf, coef), intercept in zip(tables, weights[INTERCEPT])]
-    return from_weights(spec, heads, json.loads(meta[LABELS_KEY]))
+    return from_weights(spec, read_heads(weights), json.loads(meta[LABELS_KEY]))

@@ -7,7 +7,7 @@ other products sent with them (see heads).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
 from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, TITLE_HEAD, heads_of, heads_of_tags
+from categorizer.weights import HeadWeights, round_weights
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
 RANDOM_STATE = 0
@@ -215,17 +216,9 @@ def _fit_head(
     head = pipeline(spec, config)
     tfidf, sgd = head.named_steps["tfidf"], head.named_steps["sgd"]
     sgd.fit(tfidf.fit_transform(counts), target, sample_weight=weights)
-    # Score with exactly the weights the ONNX file stores (see round_weights).
+    # Score with exactly the weights the ONNX file stores (see weights.round_weights).
     tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
     return head
-
-
-class HeadWeights(NamedTuple):
-    """One head's weights: idf [n_features], coef [n_classes, n_features], intercept [n_classes]."""
-
-    idf: np.ndarray
-    coef: np.ndarray
-    intercept: np.ndarray
 
 
 def weights_of(model: Model) -> List[HeadWeights]:
@@ -262,28 +255,3 @@ def _model(spec: FeatureSpec, heads: Sequence[Pipeline]) -> Model:
     if list(title.classes_) != list(tags.classes_):
         raise ValueError(f"the heads' classes differ: {list(title.classes_)} and {list(tags.classes_)}")
     return Model(spec, (title, tags))
-
-
-# Significant bits kept of idf and of coefficients: 11 + 13 = 24, float32's
-# mantissa, so that idf**2 and idf * coef are exact in float32, and the ONNX
-# file's float32 table of those products scores exactly as scikit-learn does
-# (see onnx_graph.WEIGHTS). A weight moves by at most 2**-11 or 2**-13 of itself.
-IDF_BITS = 11
-COEF_BITS = 13
-# Smaller coefficients become zero: their products would leave float32's normal
-# range (1.2e-38), where it keeps fewer bits.
-MIN_COEF = 1e-30
-
-
-def round_weights(idf: np.ndarray, coef: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """idf (positive) and coef rounded to the grid the ONNX file stores exactly."""
-    rounded = _significant(np.asarray(coef, dtype=np.float64), COEF_BITS)
-    rounded[np.abs(rounded) < MIN_COEF] = 0.0
-    return _significant(np.asarray(idf, dtype=np.float64), IDF_BITS), rounded
-
-
-def _significant(values: np.ndarray, bits: int) -> np.ndarray:
-    """values rounded to `bits` significant binary digits."""
-    mantissa, exponent = np.frexp(values)
-    rounded: np.ndarray = np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits)
-    return rounded

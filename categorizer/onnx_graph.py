@@ -38,6 +38,7 @@ from categorizer.features import (
     FeatureSpec,
 )
 from categorizer.heads import EMPTY_TAGS, N_HEADS
+from categorizer.weights import INTERCEPT, WEIGHTS, weight_table
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -52,19 +53,6 @@ _DELETED = -1
 _PAD = -2
 # Longest shift any step takes: n - 1 for an n-gram.
 _MAX_SHIFT = MAX_NGRAM_ORDER - 1
-
-# Initializer names of the learned weights. WEIGHTS stacks one table per head,
-# each [n_features + 1, 1 + n_classes] float32: per bucket, idf**2 then idf * coef
-# for each class, so one gather (one cache miss per n-gram) fetches all an n-gram
-# adds to its row's sums. The weights lie on a grid (model.round_weights) where
-# these products are exact in float32; the graph widens them to float64 before
-# summing, so the sums are scikit-learn's up to the order of additions. (A
-# float64 table would be 29 MB for two heads; float32 idf and coef, multiplied
-# in the graph, cost 20% of its throughput.) The last row of each table is
-# zeros: the bucket of n-grams that run past their row's end. INTERCEPT is
-# [n_heads, n_classes] float64.
-WEIGHTS = "weights"
-INTERCEPT = "intercept"
 
 
 @dataclass
@@ -418,7 +406,7 @@ def build_model(
 
     `heads` holds (idf, coef, intercept) of the title head, then of the tags
     head; coef is ``[n_classes, n_features]`` as scikit-learn stores it. idf
-    and coef must lie on model.round_weights' grid (model.fit rounds them).
+    and coef must lie on weights.round_weights' grid (model.fit rounds them).
     """
     if len(heads) != N_HEADS:
         raise ValueError(f"expected {N_HEADS} heads (title, tags), got {len(heads)}")
@@ -444,34 +432,6 @@ def build_model(
     b.nodes.append(helper.make_node("Gather", [b.const(list(labels), "labels"), best], ["label"], axis=0))
     b.nodes.append(helper.make_node("Cast", [proba], ["probabilities"], to=TensorProto.FLOAT))
     return _model(b, len(labels), metadata)
-
-
-def weight_table(idf: np.ndarray, coef: np.ndarray) -> np.ndarray:
-    """One head's table from idf [n] and coef [n_classes, n] (see WEIGHTS)."""
-    idf = np.asarray(idf, dtype=np.float64)
-    if not (np.isfinite(idf).all() and np.isfinite(coef).all()):
-        raise ValueError("idf and coef must be finite (did training diverge?)")
-    products = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
-    table = products.astype(np.float32)
-    if not np.array_equal(table, products):
-        raise ValueError(
-            "idf and coef must lie on the grid of model.round_weights: float32 rounds their products"
-        )
-    return np.vstack([table, np.zeros((1, table.shape[1]), dtype=np.float32)])
-
-
-def split_weight_table(weights: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """(idf, coef) of each head back from WEIGHTS: exact, because the products were
-    (a correctly rounded root or quotient that is representable is exact)."""
-    if len(weights) % N_HEADS:
-        raise ValueError(
-            f"expected {N_HEADS} heads' tables, got {len(weights)} rows: a file from before the heads?"
-        )
-    heads = []
-    for table in np.split(weights.astype(np.float64), N_HEADS):
-        idf = np.sqrt(table[:-1, 0])
-        heads.append((idf, (table[:-1, 1:] / idf[:, None]).T))
-    return heads
 
 
 def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelProto:

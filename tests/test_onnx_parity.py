@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 from categorizer import export, prepare
 from categorizer.features import FeatureSpec
 from categorizer.heads import TAGS_HEAD, TITLE_HEAD, head_of
-from categorizer.model import HeadWeights, Model, docs, from_weights, round_weights
-from categorizer.onnx_graph import split_weight_table, weight_table
+from categorizer.model import Model, docs, from_weights
+from categorizer.weights import HeadWeights, round_weights, split_weight_table, weight_table
 from tests.datasets import model_file, public_test_csv, training_csv
 
 # The bar: identical labels, probabilities within 1e-5.

@@ -1,0 +1,102 @@
+"""The model file's format: its weight tables, the grid their weights lie on, its metadata keys.
+
+model.fit rounds the weights to the grid, onnx_graph stores them in the
+tables, and export reads them back. numpy only: no scikit-learn, no onnx.
+"""
+
+from __future__ import annotations
+
+from typing import List, Mapping, NamedTuple, Tuple
+
+import numpy as np
+
+from categorizer.heads import N_HEADS
+
+# Metadata keys other languages read; part of the file's contract.
+LABELS_KEY = "labels"
+FEATURE_SPEC_KEY = "feature_spec"
+METRICS_KEY = "metrics"
+DATA_SHA256_KEY = "training_data_sha256"
+
+# Initializer names of the learned weights. WEIGHTS stacks one table per head,
+# each [n_features + 1, 1 + n_classes] float32: per bucket, idf**2 then idf * coef
+# for each class, so one gather (one cache miss per n-gram) fetches all an n-gram
+# adds to its row's sums. The weights lie on a grid (round_weights) where
+# these products are exact in float32; the graph widens them to float64 before
+# summing, so the sums are scikit-learn's up to the order of additions. (A
+# float64 table would be 29 MB for two heads; float32 idf and coef, multiplied
+# in the graph, cost 20% of its throughput.) The last row of each table is
+# zeros: the bucket of n-grams that run past their row's end. INTERCEPT is
+# [n_heads, n_classes] float64. The heads are in heads' order: title, then tags.
+WEIGHTS = "weights"
+INTERCEPT = "intercept"
+
+
+class HeadWeights(NamedTuple):
+    """One head's weights: idf [n_features], coef [n_classes, n_features], intercept [n_classes]."""
+
+    idf: np.ndarray
+    coef: np.ndarray
+    intercept: np.ndarray
+
+
+# Significant bits kept of idf and of coefficients: 11 + 13 = 24, float32's
+# mantissa, so that idf**2 and idf * coef are exact in float32, and the ONNX
+# file's float32 table of those products scores exactly as scikit-learn does
+# (see WEIGHTS). A weight moves by at most 2**-11 or 2**-13 of itself.
+IDF_BITS = 11
+COEF_BITS = 13
+# Smaller coefficients become zero: their products would leave float32's normal
+# range (1.2e-38), where it keeps fewer bits.
+MIN_COEF = 1e-30
+
+
+def round_weights(idf: np.ndarray, coef: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """idf (positive) and coef rounded to the grid the ONNX file stores exactly."""
+    rounded = _significant(np.asarray(coef, dtype=np.float64), COEF_BITS)
+    rounded[np.abs(rounded) < MIN_COEF] = 0.0
+    return _significant(np.asarray(idf, dtype=np.float64), IDF_BITS), rounded
+
+
+def _significant(values: np.ndarray, bits: int) -> np.ndarray:
+    """values rounded to `bits` significant binary digits."""
+    mantissa, exponent = np.frexp(values)
+    rounded: np.ndarray = np.ldexp(np.round(np.ldexp(mantissa, bits)), exponent - bits)
+    return rounded
+
+
+def weight_table(idf: np.ndarray, coef: np.ndarray) -> np.ndarray:
+    """One head's table from idf [n] and coef [n_classes, n] (see WEIGHTS)."""
+    idf = np.asarray(idf, dtype=np.float64)
+    if not (np.isfinite(idf).all() and np.isfinite(coef).all()):
+        raise ValueError("idf and coef must be finite (did training diverge?)")
+    products = np.column_stack([idf * idf, np.asarray(coef, dtype=np.float64).T * idf[:, None]])
+    table = products.astype(np.float32)
+    if not np.array_equal(table, products):
+        raise ValueError(
+            "idf and coef must lie on the grid of weights.round_weights: float32 rounds their products"
+        )
+    return np.vstack([table, np.zeros((1, table.shape[1]), dtype=np.float32)])
+
+
+def split_weight_table(weights: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """(idf, coef) of each head back from WEIGHTS: exact, because the products were
+    (a correctly rounded root or quotient that is representable is exact)."""
+    if len(weights) % N_HEADS:
+        raise ValueError(
+            f"expected {N_HEADS} heads' tables, got {len(weights)} rows: a file from before the heads?"
+        )
+    heads = []
+    for table in np.split(weights.astype(np.float64), N_HEADS):
+        idf = np.sqrt(table[:-1, 0])
+        heads.append((idf, (table[:-1, 1:] / idf[:, None]).T))
+    return heads
+
+
+def read_heads(initializers: Mapping[str, np.ndarray]) -> List[HeadWeights]:
+    """Each head's weights back from a file's initializers (WEIGHTS and INTERCEPT)."""
+    tables = split_weight_table(initializers[WEIGHTS])
+    intercepts = initializers[INTERCEPT]
+    if len(intercepts) != len(tables):
+        raise ValueError(f"{len(tables)} weight tables but {len(intercepts)} intercept rows")
+    return [HeadWeights(idf, coef, intercept) for (idf, coef), intercept in zip(tables, intercepts)]
