@@ -18,7 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
-from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, TITLE_HEAD, heads_of, heads_of_tags
+from categorizer.heads import TAGS_HEAD, TITLE_HEAD, heads_of
 from categorizer.weights import HeadWeights, round_weights
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
@@ -105,39 +105,6 @@ class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
         return rows, (matrix.indices >= self.block_width).astype(np.intp)
 
 
-def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Doc]:
-    """(title, tags) pairs; no tags means the title-only view."""
-    return list(zip(titles, tags if tags is not None else [EMPTY_TAGS] * len(titles)))
-
-
-def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
-    """Every product twice: title only (what most clients send) and title + tags."""
-    titles = frame["title"].tolist()
-    both = docs(titles) + docs(titles, frame["concatenated_tags"].tolist())
-    return both, np.concatenate([frame["category"].to_numpy()] * 2)
-
-
-def training_examples(
-    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0
-) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
-    """(docs, categories, sample weights): both views of each distinct product,
-    weight one, then each search query as a title, weighted by its category
-    share, then (when tags_only_weight > 0) the tags of each product that has them:
-    one example per product, so tags that many products share weigh more."""
-    distinct = prepare.deduplicate(rows)
-    batch, target = training_views(distinct)
-    queries = prepare.query_shares(rows)
-    weights = np.concatenate([np.ones(len(batch)), query_weight * queries["share"].to_numpy()])
-    target = np.concatenate([target, queries["category"].to_numpy()])
-    batch = batch + docs(queries["query"].tolist())
-    if tags_only_weight > 0:
-        tagged = distinct[heads_of_tags(distinct["concatenated_tags"]) == TAGS_HEAD]
-        batch = batch + docs([""] * len(tagged), tagged["concatenated_tags"].tolist())
-        weights = np.concatenate([weights, np.full(len(tagged), tags_only_weight)])
-        target = np.concatenate([target, tagged["category"].to_numpy()])
-    return batch, target, weights
-
-
 @dataclass
 class Model:
     """The fitted heads, with weights exactly as the ONNX file stores them.
@@ -197,8 +164,8 @@ DEFAULT_CONFIG = TrainConfig()
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train both heads on the cleaned listing `rows` (one per search, as published)."""
-    title_batch, title_target, title_weights = training_examples(rows, config.query_weight)
-    batch, target, weights = training_examples(rows, config.query_weight, config.tags_only_weight)
+    title_batch, title_target, title_weights = prepare.training_examples(rows, config.query_weight)
+    batch, target, weights = prepare.training_examples(rows, config.query_weight, config.tags_only_weight)
     # The title head's examples are the tags head's without the tags-only ones,
     # which come last: hash every text once (hashing is most of the training time).
     n_title = len(title_batch)

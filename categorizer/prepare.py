@@ -1,13 +1,14 @@
-"""Transformation: clean the listings, find leakage groups, de-duplicate."""
+"""Transformation: clean the listings, find leakage groups, de-duplicate, build the training examples."""
 
 from __future__ import annotations
 
-from typing import Dict, Hashable
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from categorizer.features import FeatureSpec
+from categorizer.features import Doc, FeatureSpec
+from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, heads_of_tags
 
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:
@@ -70,3 +71,36 @@ def query_shares(frame: pd.DataFrame) -> pd.DataFrame:
     counts = searched.groupby(["query", "category"]).size().rename("rows").reset_index()
     counts["share"] = counts["rows"] / counts.groupby("query")["rows"].transform("sum")
     return counts[["query", "category", "share"]]
+
+
+def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Doc]:
+    """(title, tags) pairs; no tags means the title-only view."""
+    return list(zip(titles, tags if tags is not None else [EMPTY_TAGS] * len(titles)))
+
+
+def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
+    """Every product twice: title only (what most clients send) and title + tags."""
+    titles = frame["title"].tolist()
+    both = docs(titles) + docs(titles, frame["concatenated_tags"].tolist())
+    return both, np.concatenate([frame["category"].to_numpy()] * 2)
+
+
+def training_examples(
+    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0
+) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
+    """(docs, categories, sample weights): both views of each distinct product,
+    weight one, then each search query as a title, weighted by its category
+    share, then (when tags_only_weight > 0) the tags of each product that has them:
+    one example per product, so tags that many products share weigh more."""
+    distinct = deduplicate(rows)
+    batch, target = training_views(distinct)
+    queries = query_shares(rows)
+    weights = np.concatenate([np.ones(len(batch)), query_weight * queries["share"].to_numpy()])
+    target = np.concatenate([target, queries["category"].to_numpy()])
+    batch = batch + docs(queries["query"].tolist())
+    if tags_only_weight > 0:
+        tagged = distinct[heads_of_tags(distinct["concatenated_tags"]) == TAGS_HEAD]
+        batch = batch + docs([""] * len(tagged), tagged["concatenated_tags"].tolist())
+        weights = np.concatenate([weights, np.full(len(tagged), tags_only_weight)])
+        target = np.concatenate([target, tagged["category"].to_numpy()])
+    return batch, target, weights

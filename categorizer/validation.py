@@ -12,7 +12,8 @@ from sklearn.metrics import accuracy_score, classification_report, confusion_mat
 from sklearn.model_selection import StratifiedGroupKFold
 
 from categorizer.features import Doc
-from categorizer.model import RANDOM_STATE, docs
+from categorizer.model import RANDOM_STATE
+from categorizer.prepare import docs
 
 # One fold in five held out: about 20% of the product/title groups.
 N_FOLDS = 5

@@ -9,7 +9,8 @@ import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
 from categorizer.heads import TAGS_HEAD, TITLE_HEAD, heads_of
-from categorizer.model import OccurrenceTfidf, training_examples, vectorizer
+from categorizer.model import OccurrenceTfidf, vectorizer
+from categorizer.prepare import training_examples
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:

@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from categorizer import export, prepare
 from categorizer.features import FeatureSpec
 from categorizer.heads import TAGS_HEAD, TITLE_HEAD, head_of
-from categorizer.model import Model, docs, from_weights
+from categorizer.model import Model, from_weights
+from categorizer.prepare import docs
 from categorizer.weights import HeadWeights, round_weights, split_weight_table, weight_table
 from tests.datasets import model_file, public_test_csv, training_csv
 
