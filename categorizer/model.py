@@ -33,16 +33,16 @@ class TrainConfig:
     alpha: float = 3e-6
     # Full passes over the data; tol=None runs them all, for reproducibility.
     max_iter: int = 50
-    # "balanced" re-weights the class imbalance (17.8:1 in rows), which macro-F1 rewards.
+    # "balanced" counts the small classes as macro-F1 does (see docs/decisions.md,
+    # 'SGD logistic regression, balanced class weights').
     class_weight: Optional[str] = "balanced"
     # Weight of a search query as a title-only example, times the share of its
     # rows in the category (see prepare.query_shares). Below one because a
-    # query is noisier than a title; 0.1 to 0.5 all added about 0.003
-    # macro-F1 on titles in 5-fold grouped validation.
+    # query is noisier than a title (see docs/decisions.md, 'Search queries as
+    # title-only examples').
     query_weight: float = 0.5
-    # Weight of each product's tags alone as an example, for the tags head only.
-    # In a single model it added 0.003 macro-F1 with tags but cost 0.004 on
-    # titles (five grouped folds); as a head of its own it adds 0.004 with tags.
+    # Weight of each product's tags alone as an example, for the tags head only,
+    # since in one model it cost titles (see docs/decisions.md, 'Two heads').
     tags_only_weight: float = 1.0
 
 

@@ -40,8 +40,8 @@ from traitlets.config import Config
 from categorizer.config import TrainSettings
 from categorizer.data import DatasetError
 
-# The full training run takes a few minutes here; a stuck cell should not
-# hang CI for its whole budget.
+# Far longer than any cell takes, even a fit on a loaded machine: a stuck cell
+# should not hang CI for its whole budget.
 CELL_TIMEOUT_SECONDS = 600
 # The step of the cells before the first heading (imports, settings).
 SETUP = "Setup"

@@ -23,11 +23,11 @@ DATA_SHA256_KEY = "training_data_sha256"
 # for each class, so one gather (one cache miss per n-gram) fetches all an n-gram
 # adds to its row's sums. The weights lie on a grid (round_weights) where
 # these products are exact in float32; the graph widens them to float64 before
-# summing, so the sums are scikit-learn's up to the order of additions. (A
-# float64 table would be 29 MB for two heads; float32 idf and coef, multiplied
-# in the graph, cost 20% of its throughput.) The last row of each table is
-# zeros: the bucket of n-grams that run past their row's end. INTERCEPT is
-# [n_heads, n_classes] float64. The heads are in heads' order: title, then tags.
+# summing, so the sums are scikit-learn's up to the order of additions: half a
+# float64 table, and faster than float32 idf and coef multiplied in the graph
+# (see docs/decisions.md, 'float32 weights on a rounding grid'). The last row
+# of each table is zeros: the bucket of n-grams that run past their row's end.
+# INTERCEPT is [n_heads, n_classes] float64. Heads in heads' order: title, tags.
 WEIGHTS = "weights"
 INTERCEPT = "intercept"
 
