@@ -18,7 +18,7 @@ from sklearn.pipeline import FeatureUnion, Pipeline
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
-from categorizer.heads import TAGS_HEAD, TITLE_HEAD, heads_of
+from categorizer.heads import N_HEADS, TAGS_HEAD, TITLE_HEAD, heads_of
 from categorizer.weights import HeadWeights, round_weights
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
@@ -216,7 +216,7 @@ def _head_from_weights(spec: FeatureSpec, weights: HeadWeights, labels: Sequence
 
 
 def _model(spec: FeatureSpec, heads: Sequence[Pipeline]) -> Model:
-    if len(heads) != 2:
+    if len(heads) != N_HEADS:
         raise ValueError(f"a model has a title head and a tags head, got {len(heads)} heads")
     title, tags = heads
     if list(title.classes_) != list(tags.classes_):
