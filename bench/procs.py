@@ -155,9 +155,10 @@ def service(env: Optional[Dict[str, str]] = None, cwd: Optional[str] = None) -> 
     return Server(["api.py"], {"DRAIN_SECONDS": "0", **(env or {})}, cwd=cwd)
 
 
-def anchor() -> Server:
-    """Flask + gunicorn around a pickled TF-IDF + LR (bench/anchor.py); trains on first use."""
-    return Server(["-m", "bench.anchor"], ready_path="/healthz")
+def anchor(model: str) -> Server:
+    """Flask + gunicorn around a pickled TF-IDF + LR (bench/anchor.py, `word` or `word_char`);
+    trains on first use."""
+    return Server(["-m", "bench.anchor", "--model", model], ready_path="/healthz")
 
 
 def raw_http(workers: int) -> Server:
