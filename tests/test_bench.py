@@ -234,3 +234,26 @@ def test_without_the_anchor_or_the_raw_server_no_goal_is_met_or_missed() -> None
 def test_quick_run_has_its_own_results_file(tmp_path: Path) -> None:
     assert run.output_path(None, quick=True) != run.output_path(None, quick=False)
     assert run.output_path(tmp_path, quick=True) == tmp_path
+
+
+def test_anchor_quality_scores_held_out_groups_and_never_trains_on_the_public_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from bench import anchor_quality
+    from categorizer.data import CATEGORIES
+    from tests.test_notebook import synthetic_dataset
+
+    train = synthetic_dataset(tmp_path / "train.csv")
+    # The public file: training titles under another category each. Any fit that saw it
+    # would get some of them "right"; the anchors, never trained on it, get none.
+    public = pd.read_csv(train).groupby("category").head(2)
+    public["category"] = public["category"].map(dict(zip(CATEGORIES, CATEGORIES[1:] + CATEGORIES[:1])))
+    public.to_csv(tmp_path / "test.csv", index=False)
+    monkeypatch.setenv("TEST_PRODUCTS_PATH", str(tmp_path / "test.csv"))
+    result = anchor_quality.measure(train, 2, ["word"])
+    # One vocabulary per category: a fit on each fold's training side gets every held-out
+    # title right.
+    assert result["word"] == {"folds": [1.0, 1.0], "mean": 1.0, "test_products": 0.0}
+    assert "word-only TF-IDF + LR" in anchor_quality.table(result, ["word"])
