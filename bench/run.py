@@ -345,11 +345,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         "the anchor of record still runs",
     )
     parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument(
+        "--table", type=Path, metavar="JSON", help="print a saved run's goal rows as Markdown, run nothing"
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.table.read_text(encoding="utf-8"))))
+        return 0
     if not wrk.available():
         print(f"error: {wrk.WRK_INSTALL}", file=sys.stderr)
         return 2
@@ -423,6 +429,46 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if png is not None:
             print(f"wrote {png}")
     return 0
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    """The rows of issue 16's goals as a Markdown table, then every goal's status: the short
+    table the README shows, from a saved run, so that it is never typed in by hand."""
+
+    def served(row: Optional[Dict[str, Any]]) -> str:
+        if row is None:
+            return ""
+        p99 = row["p99_ms"]
+        return (
+            f"{row['req_per_s']:,.0f} ({p99:,.0f})" if p99 >= 10 else f"{row['req_per_s']:,.0f} ({p99:.2g})"
+        )
+
+    def ratio(value: Optional[float]) -> str:
+        return "" if value is None else f"{value:.2g}×"
+
+    lines = [
+        "| titles/request | connections | service req/s (p99 ms) | word-only anchor req/s (p99 ms) "
+        "| vs anchor | word + char reference req/s (p99 ms) | vs w+char |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n, c, _ in THROUGHPUT_GOALS:
+        row = _same_settings(n, c, result["service"])
+        cells = [
+            f"{n:,}",
+            str(c),
+            served(row),
+            served(_same_settings(n, c, result["anchor"])),
+            ratio(None if row is None else row["vs_anchor"]),
+            served(_same_settings(n, c, result.get("reference", []))),
+            ratio(None if row is None else row.get("vs_reference")),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [
+        f"- {g['goal']}: {'' if g['measured'] is None else g['measured']} ({g['status']})"
+        for g in result["goals"]
+    ]
+    return "\n".join(lines)
 
 
 def report(result: Dict[str, Any]) -> None:

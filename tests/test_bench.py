@@ -223,6 +223,24 @@ def test_a_ratio_goal_with_errors_is_missed() -> None:
     ]
 
 
+def test_the_readme_table_is_made_from_a_saved_run() -> None:
+    raw = [service_row(1, 32, 20_000.0, 1.0)]
+    data = results([service_row(1, 32, 12_000.0, 3.0)], [service_row(1, 32, 1000.0, 20.0)], raw)
+    data["reference"] = [service_row(1, 32, 400.0, 55.0)]
+    data["service"][0]["vs_reference"] = run._ratio(data["service"][0], data["reference"])
+    data["goals"] = run.goals(data)
+    lines = run.markdown(json.loads(json.dumps(data))).splitlines()  # as saved and read back
+    assert "| 1 | 32 | 12,000 (3) | 1,000 (20) | 12× | 400 (55) | 30× |" in lines
+    assert "| 1,000 | 8 |  |  |  |  |  |" in lines  # not measured: blank, never made up
+    assert [line.rsplit("(", 1)[1] for line in lines if line.startswith("- ")] == [
+        "met)",
+        "not measured)",
+        "not measured)",
+        "missed)",
+        "missed)",
+    ]
+
+
 def test_without_the_anchor_or_the_raw_server_no_goal_is_met_or_missed() -> None:
     service = [service_row(n, c, 10_000.0, 1.0) for n, c, _ in run.THROUGHPUT_GOALS]
     listed = run.goals(results(service, [], []))
