@@ -464,10 +464,9 @@ def markdown(result: Dict[str, Any]) -> str:
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [
-        f"- {g['goal']}: {'' if g['measured'] is None else g['measured']} ({g['status']})"
-        for g in result["goals"]
-    ]
+    for g in result["goals"]:
+        measured = "" if g["measured"] is None else f"{g['measured']:.3g}"
+        lines.append(f"- {g['goal']}: {measured} ({g['status']})")
     return "\n".join(lines)
 
 
