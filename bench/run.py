@@ -193,12 +193,13 @@ def _same_settings(titles: int, connections: int, rows: Sequence[Dict[str, Any]]
     return None
 
 
-def _ratio(row: Dict[str, Any], reference_rows: Sequence[Dict[str, Any]]) -> Optional[float]:
-    """req/s over the reference's at the same settings in this run; None when it did not run."""
-    reference = _same_settings(row["titles"], row["connections"], reference_rows)
-    if reference is None or reference["req_per_s"] <= 0:
+def _ratio(row: Dict[str, Any], other_rows: Sequence[Dict[str, Any]]) -> Optional[float]:
+    """req/s over another target's at the same settings in this run; None when that target
+    did not run there or finished no request."""
+    other = _same_settings(row["titles"], row["connections"], other_rows)
+    if other is None or other["req_per_s"] <= 0:
         return None
-    ratio: float = row["req_per_s"] / reference["req_per_s"]
+    ratio: float = row["req_per_s"] / other["req_per_s"]
     return round(ratio, 2)
 
 

@@ -167,7 +167,7 @@ def service_row(titles: int, connections: int, req_per_s: float, p99_ms: float) 
     return {"titles": titles, "connections": connections, "req_per_s": req_per_s, "p99_ms": p99_ms}
 
 
-def test_ratios_are_only_to_the_reference_measured_at_the_same_settings() -> None:
+def test_ratios_are_only_to_another_target_measured_at_the_same_settings() -> None:
     anchor_rows = [service_row(100, 32, 400.0, 50.0)]
     assert run._ratio(service_row(100, 32, 1000.0, 9.0), anchor_rows) == 2.5
     # Another connection count, another request size, or no anchor at all: no ratio.
