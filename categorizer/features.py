@@ -1,11 +1,10 @@
-"""The one definition of the model's features.
+"""The one definition of the model's features, and the names of its stages.
 
-A :class:`FeatureSpec` is plain data. It is realised twice: here, as the two
-analyzers (character n-grams, word n-grams) that two scikit-learn
-``HashingVectorizer`` objects call during training, and in
-:mod:`categorizer.onnx_graph`, as the ONNX graph that serves the model. The
-parity tests pin the two together, so every rule below is chosen to be cheap
-and exact in both worlds:
+A :class:`FeatureSpec` is plain data. It is realised twice, stage by stage
+under the same names (STAGES): by :mod:`categorizer.sklearn_twin` for
+training, and by :mod:`categorizer.onnx_graph` as the graph that serves the
+model. tests/test_stage_parity.py pins each stage of one to the same stage of
+the other, so every rule below is chosen to be cheap and exact in both worlds:
 
 * folding is a per-character table (lower case, accents stripped, separators
   to a space, combining marks deleted) stored in the spec itself, so the
@@ -13,20 +12,23 @@ and exact in both worlds:
 * words are runs of characters that are not a space after folding;
 * the text of a product is its title, a space, and its tags (empty when the
   client sends none), so tags speak the same vocabulary as titles;
-* the normalised *stream* of a text is ``" " + "".join(w + " " for w in words)``;
-  character n-grams are taken over that stream (so they see word edges);
+* the *stream* of a text is the codes of ``" " + "".join(w + " " for w in words)``;
+  character n-grams are taken over it (so they see word edges);
 * word n-grams use words cut to ``max_word_chars`` characters;
-* character n-grams hash into the lower half of the feature space and word
-  n-grams into the upper half (two blocks), so that each block can be
-  l2-normalised on its own (see model.OccurrenceTfidf);
-* an n-gram is named by its *fingerprint*: a polynomial hash of its code
-  points modulo 2**28, written as four 7-bit ASCII characters. The graph
-  computes fingerprints with integer arithmetic, never building a string per
-  n-gram, and hands MurmurHash3 the same four bytes scikit-learn hashes.
-  Word n-grams start with the code WORD_MARK, which no folded text contains,
-  so a word and a character n-gram share a name only by a hash collision;
+* an n-gram is named by its *fingerprint*: a polynomial hash of its codes
+  modulo 2**28, which the graph computes with integer arithmetic, never
+  building a string per n-gram. Word n-grams start with the code WORD_MARK,
+  which no folded text contains, so a word and a character n-gram share a
+  fingerprint only by a hash collision;
 * skip bigrams (two words one word apart) start with SKIP_MARK instead, so
-  "a _ c" and the bigram "a c" are different features.
+  "a _ c" and the bigram "a c" are different features;
+* a fingerprint's *bucket* is |MurmurHash3| (signed, seed 0) of its four
+  7-bit groups as bytes, little end first, modulo the block's width: the
+  hash scikit-learn's HashingVectorizer gave the fingerprint's name, a
+  four-character ASCII string, when it realised this spec;
+* character n-grams fall in the lower half of the feature space and word
+  n-grams in the upper half (two blocks), so that each block can be
+  l2-normalised on its own (see sklearn_twin.OccurrenceTfidf).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import json
 import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, TypeVar
+from typing import Dict, List, Optional, Tuple
 
 # Code point blocks whose folding is fixed by the spec. Old, stable blocks only,
 # so the table does not move between Python (Unicode) versions:
@@ -47,9 +49,8 @@ FOLD_BLOCKS: Tuple[Tuple[int, int], ...] = (
     (0x2000, 0x206F),
 )
 
-# Fingerprints are taken modulo 2**28: four 7-bit bytes, so that the name is an
-# ASCII string whose UTF-8 bytes are the int32 the graph hashes. Products of two
-# 28-bit numbers (and a 21-bit code) stay far below int64 overflow.
+# Fingerprints are taken modulo 2**28, so that the product of two of them (or of
+# one and a 21-bit code) stays far below int64 overflow in the graph.
 FINGERPRINT_BITS = 28
 FINGERPRINT_MASK = (1 << FINGERPRINT_BITS) - 1
 # The code of a space, and of every character beyond the Basic Multilingual
@@ -71,8 +72,29 @@ SKIP_MARK = 0x02
 # different model, so loading it must fail.
 FORMAT_VERSION = 3
 
+# The stages both realisations build, in order, under these names: the
+# graph's nodes carry them (its cost profile groups by them), the builder can
+# expose any of them as outputs, and each has its own parity test.
+STREAM = "stream"
+CHAR_FINGERPRINTS = "char_fingerprints"
+WORD_FINGERPRINTS = "word_fingerprints"
+SKIP_FINGERPRINTS = "skip_fingerprints"
+BUCKETS = "buckets"
+HEAD_CHOICE = "head_choice"
+BLOCK_SCORES = "block_scores"
+PROBABILITIES = "probabilities"
+STAGES = (
+    STREAM,
+    CHAR_FINGERPRINTS,
+    WORD_FINGERPRINTS,
+    SKIP_FINGERPRINTS,
+    BUCKETS,
+    HEAD_CHOICE,
+    BLOCK_SCORES,
+    PROBABILITIES,
+)
+
 Doc = Tuple[str, str]
-T = TypeVar("T")
 
 
 def _strip_marks(text: str) -> str:
@@ -107,21 +129,18 @@ def default_fold_table() -> Dict[str, str]:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Everything that turns (title, tags) into hashed feature names."""
+    """Everything that turns (title, tags) into the buckets of its hashed n-grams."""
 
-    # Width of the hashed feature space, both blocks together. 2**18 scored as
-    # well as 2**19 and 2**20 in validation, and keeps the graph's weight table
-    # (two heads of seven float32 columns) at 15 MB: a smaller file, and fewer
-    # cache misses when the graph gathers rows.
+    # Width of the hashed feature space, both blocks together: the smallest that
+    # scored as well as wider ones (docs/decisions.md, "Hashing into 2¹⁸ buckets").
     n_features: int = 2**18
     # Character n-gram orders over the stream (spelling variants, plurals,
-    # word stems); they carried most of the macro-F1 in validation.
+    # word stems): they carry most of the accuracy.
     char_ngrams: Tuple[int, int] = (2, 5)
     # Word n-gram orders (bigrams catch "porta retrato", "chá de bebê").
     word_ngrams: Tuple[int, int] = (1, 2)
     # Pairs of words one word apart ("kit _ bebe" in "kit chá bebê"): they link a
-    # product word to a theme across a filler. +0.003 macro-F1 on titles over
-    # five validation folds (0.828 to 0.831), no change with tags.
+    # product word to a theme across a filler (docs/decisions.md, "Skip bigrams").
     skip_bigrams: bool = True
     # Words are cut to this many characters for word n-grams: longer "words" are
     # codes or run-together text, and the graph gathers a fixed-width window.
@@ -177,21 +196,14 @@ class FeatureSpec:
             raw[name] = tuple(raw[name])
         return cls(**raw)
 
-    # --- the Python realisation -------------------------------------------
-
     @cached_property
-    def _translation(self) -> Dict[int, Optional[str]]:
+    def translation(self) -> Dict[int, Optional[str]]:
+        """The fold as a str.translate table (a deleted character maps to None)."""
         return {ord(k): (v or None) for k, v in self.fold.items()}
 
-    def words(self, text: str) -> List[str]:
-        folded = text.translate(self._translation)
-        return [word for word in folded.split(" ") if word]
-
-    def stream(self, words: Iterable[str]) -> str:
-        return " " + "".join(word + " " for word in words)
-
     @cached_property
-    def _powers(self) -> List[int]:
+    def powers(self) -> List[int]:
+        """fingerprint_base ** k modulo 2**28, for every k an n-gram of the spec reaches."""
         return [self.power(k) for k in range(max(self.char_ngrams[1], self.max_word_ngram_chars()) + 1)]
 
     @property
@@ -199,89 +211,7 @@ class FeatureSpec:
         """Buckets per block: characters in [0, width), words in [width, n_features)."""
         return self.n_features // 2
 
-    def analyze_chars(self, doc: Doc) -> List[str]:
-        """Character n-gram names of one (title, tags) pair: the first block's analyzer."""
-        stream = codes(self.stream(self._doc_words(doc)))
-        return [name(fp) for fp in self.char_fingerprints(stream)]
-
-    def analyze_words(self, doc: Doc) -> List[str]:
-        """Word n-gram names of one (title, tags) pair: the second block's analyzer."""
-        cut = [codes(word[: self.max_word_chars]) for word in self._doc_words(doc)]
-        fingerprints = self.word_fingerprints(cut)
-        if self.skip_bigrams:
-            fingerprints += self.skip_fingerprints(cut)
-        return [name(fp) for fp in fingerprints]
-
-    def _doc_words(self, doc: Doc) -> List[str]:
-        title, tags = doc
-        return self.words(title + " " + tags)
-
-    def ngrams(self, doc: Doc) -> Dict[str, List[str]]:
-        """The n-grams the analyzers fingerprint, as text, per family and in the analyzers' order.
-
-        For people: the names are hashes, unreadable. Skip bigrams read "kit _ bebe".
-        """
-        words = self._doc_words(doc)
-        cut = [word[: self.max_word_chars] for word in words]
-        families = {
-            "characters": ["".join(gram) for gram in _windows(self.stream(words), self.char_ngrams)],
-            "words": [" ".join(gram) for gram in _windows(cut, self.word_ngrams)],
-        }
-        if self.skip_bigrams:
-            families["skip bigrams"] = [f"{first} _ {last}" for first, last in zip(cut, cut[2:])]
-        return families
-
-    def char_fingerprints(self, stream: List[int]) -> List[int]:
-        """Fingerprint of every character n-gram of the stream's codes."""
-        low, high = self.char_ngrams
-        powers, out = self._powers, []
-        for start in range(len(stream)):
-            fp = 0
-            for n in range(1, min(high, len(stream) - start) + 1):
-                fp = (fp + stream[start + n - 1] * powers[n - 1]) & FINGERPRINT_MASK
-                if n >= low:
-                    out.append(fp)
-        return out
-
-    def word_fingerprints(self, words: List[List[int]]) -> List[int]:
-        """Fingerprint of every word n-gram: the polynomial of WORD_MARK + "w1 w2 ..."."""
-        low, high = self.word_ngrams
-        powers, out = self._powers, []
-        for start in range(len(words)):
-            fp, length = WORD_MARK, 1
-            for n in range(1, min(high, len(words) - start) + 1):
-                if n > 1:
-                    fp += SPACE * powers[length]
-                    length += 1
-                for code in words[start + n - 1]:
-                    fp = (fp + code * powers[length]) & FINGERPRINT_MASK
-                    length += 1
-                if n >= low:
-                    out.append(fp & FINGERPRINT_MASK)
-        return out
-
-    def skip_fingerprints(self, words: List[List[int]]) -> List[int]:
-        """Fingerprint of every pair of words one word apart: the polynomial of SKIP_MARK + "w1 w3"."""
-        powers, out = self._powers, []
-        for first, last in zip(words, words[2:]):
-            fp = SKIP_MARK
-            for length, code in enumerate([*first, SPACE, *last], start=1):
-                fp = (fp + code * powers[length]) & FINGERPRINT_MASK
-            out.append(fp)
-        return out
-
-
-def _windows(items: Sequence[T], orders: Tuple[int, int]) -> List[Sequence[T]]:
-    """Every run of `orders` (low, high) consecutive items, by start then length."""
-    low, high = orders
-    return [items[s : s + n] for s in range(len(items)) for n in range(low, min(high, len(items) - s) + 1)]
-
 
 def codes(text: str) -> List[int]:
     """Code of each character of folded text: its code point, OTHER beyond the BMP."""
     return [code if code < 0xD800 or 0xE000 <= code < 0x10000 else OTHER for code in map(ord, text)]
-
-
-def name(fingerprint: int) -> str:
-    """The four 7-bit ASCII characters (little end first) that name a fingerprint."""
-    return "".join(chr((fingerprint >> shift) & 0x7F) for shift in (0, 7, 14, 21))

@@ -7,18 +7,18 @@ other products sent with them (see heads).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
 from sklearn.linear_model import SGDClassifier
-from sklearn.pipeline import FeatureUnion, Pipeline
+from sklearn.pipeline import Pipeline
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
 from categorizer.heads import N_HEADS, TAGS_HEAD, TITLE_HEAD, heads_of
+from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, block_scores
 from categorizer.weights import HeadWeights, round_weights
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
@@ -44,65 +44,6 @@ class TrainConfig:
     # Weight of each product's tags alone as an example, for the tags head only,
     # since in one model it cost titles (see docs/decisions.md, 'Two heads').
     tags_only_weight: float = 1.0
-
-
-def vectorizer(spec: FeatureSpec) -> FeatureUnion:
-    """The scikit-learn realisation of `spec` (the ONNX one is onnx_graph): the
-    character block's buckets, then the word block's."""
-    return FeatureUnion(
-        [("chars", _hashing(spec.analyze_chars, spec)), ("words", _hashing(spec.analyze_words, spec))]
-    )
-
-
-def _hashing(analyzer: Callable[[Doc], List[str]], spec: FeatureSpec) -> HashingVectorizer:
-    return HashingVectorizer(
-        analyzer=analyzer,
-        n_features=spec.block_width,
-        # Counts, not signed sums: tf-idf needs them.
-        alternate_sign=False,
-        norm=None,
-        dtype=np.float64,
-    )
-
-
-class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
-    """tf-idf on raw counts, each block l2-normalised as if no n-gram repeated within a row.
-
-    A block's squared norm is the sum of idf**2 over the row's n-gram
-    *occurrences* in it (``sum_b count_b * idf_b**2``); it equals the ordinary
-    l2 norm when nothing repeats. It is linear in the occurrences, so the
-    serving graph sums per occurrence and never has to count repeated buckets
-    per row: that count (a sort) was the graph's largest cost. In validation
-    it scored like sublinear tf + l2 on titles and 0.002 macro-F1 lower with
-    tags.
-
-    Normalising the character and word blocks each on its own (columns below
-    and from `block_width`) keeps the many character n-grams of a row from
-    drowning its few words. In 5-fold grouped validation it added 0.002
-    macro-F1 on titles and 0.005 with tags over one norm for both.
-    """
-
-    def __init__(self, block_width: int, smooth_idf: bool = True) -> None:
-        super().__init__(norm=None, use_idf=True, smooth_idf=smooth_idf, sublinear_tf=False)
-        self.block_width = block_width
-
-    def transform(self, X: sp.spmatrix, copy: bool = True) -> sp.csr_matrix:
-        if X.shape[1] != 2 * self.block_width:
-            raise ValueError(f"expected 2 blocks of {self.block_width} columns, got {X.shape[1]} columns")
-        counts = sp.csr_matrix(X, dtype=np.float64)
-        weighted = sp.csr_matrix(super().transform(counts, copy=True))
-        rows, blocks = self._cells(counts)
-        squares = np.zeros((counts.shape[0], 2))
-        np.add.at(squares, (rows, blocks), counts.data * np.square(self.idf_)[counts.indices])
-        norms = np.sqrt(squares)
-        norms[norms == 0.0] = 1.0  # an empty block stays zero, as with l2
-        weighted.data = weighted.data / norms[self._cells(weighted)]
-        return weighted
-
-    def _cells(self, matrix: sp.csr_matrix) -> Tuple[np.ndarray, np.ndarray]:
-        """(row, block) of each stored value: block 0 for characters, 1 for words."""
-        rows = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
-        return rows, (matrix.indices >= self.block_width).astype(np.intp)
 
 
 @dataclass
@@ -139,6 +80,15 @@ class Model:
             labels[rows] = self.heads[head].predict([batch[i] for i in rows])
         return labels
 
+    def block_scores(self, batch: Sequence[Doc]) -> List[np.ndarray]:
+        """The BLOCK_SCORES stage: per block, each product's [n_classes] scores from its head."""
+        out = [np.zeros((len(batch), len(self.labels))) for _ in range(2)]
+        for head, rows in self._routes(batch):
+            counts = self.heads[head].named_steps["counts"].transform([batch[i] for i in rows])
+            for block, scores in zip(out, block_scores(self.tfidf(head), self.classifier(head), counts)):
+                block[rows] = scores
+        return out
+
     def _routes(self, batch: Sequence[Doc]) -> List[Tuple[int, np.ndarray]]:
         """(head, row indices) for each head that scores some of the batch."""
         heads = heads_of(batch)
@@ -156,7 +106,7 @@ def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
         random_state=RANDOM_STATE,
     )
     tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True)
-    return Pipeline([("hashing", vectorizer(spec)), ("tfidf", tfidf), ("sgd", classifier)])
+    return Pipeline([("counts", NgramCounts(spec)), ("tfidf", tfidf), ("sgd", classifier)])
 
 
 DEFAULT_CONFIG = TrainConfig()
@@ -171,7 +121,7 @@ def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CON
     n_title = len(title_batch)
     if batch[:n_title] != title_batch:
         raise AssertionError("the title head's examples must lead the tags head's")
-    counts = vectorizer(spec).transform(batch)
+    counts = NgramCounts(spec).transform(batch)
     title = _fit_head(spec, config, counts[:n_title], title_target, title_weights)
     return _model(spec, [title, _fit_head(spec, config, counts, target, weights)])
 

@@ -1,43 +1,61 @@
 """The ONNX realisation of :class:`~categorizer.features.FeatureSpec`, plus the
-linear model on top of it.
+linear heads on top of it, stage by stage.
 
-Raw strings in, label and probabilities out. Everything after the character
-table is integer arithmetic on *flat* tensors: the codes of all rows form one
-1-D tensor with a parallel tensor of row ids, so no step costs more than
-linear time in the batch's characters (a dense ``[N, n_features]`` tensor, or
-a pairwise ``[T, T]`` comparison, would not).
+Raw strings in, label and probabilities out. Each stage of features.STAGES is
+one function here, namesake of its scikit-learn realisation in
+:mod:`categorizer.sklearn_twin`; the nodes it adds are named after it
+(``stream/Tokenizer_8``), so onnxruntime's profiler can say what each stage
+costs, and ``build_model(expose=...)`` adds its tensors as outputs
+(``stream.codes``) for the per-stage parity tests.
 
-Pipeline: title + " " + tags -> Tokenizer (character mode) -> code table
-(LabelEncoder: fold, code point) -> flatten, drop pads and deleted marks,
-collapse runs of spaces -> character n-gram fingerprints by shifted
-multiply-adds; word fingerprints from a fixed-width window per word ->
-word n-gram fingerprints -> 7-bit bytes -> MurmurHash3 -> bucket in its
-block (characters, words) -> gather (idf, coefficients) per n-gram -> per-row
-sums per block (scatter-add) -> occurrence l2 norm per block -> one-vs-rest
-sigmoids normalised by their sum. Each row gathers from the weights of one of
-two heads: the tags head when its tags string is not empty, else the title
-head (see model.Model).
+Everything after the character table is integer arithmetic on *flat*
+tensors: the codes of all rows form one 1-D tensor with a parallel tensor of
+row ids, so no step costs more than linear time in the batch's characters (a
+dense ``[N, n_features]`` tensor, or a pairwise ``[T, T]`` comparison, would not).
+
+* STREAM: title + " " + tags -> Tokenizer (character mode) -> code table
+  (LabelEncoder: fold, code point) -> flatten, drop pads and deleted marks,
+  collapse runs of spaces.
+* CHAR_FINGERPRINTS: shifted multiply-adds over the stream, one family per order.
+* WORD_FINGERPRINTS: each word's fingerprint from a fixed-width window, then
+  word n-grams from those; SKIP_FINGERPRINTS: pairs one word apart.
+* BUCKETS: MurmurHash3 of each fingerprint's four 7-bit groups, modulo its block's width.
+* HEAD_CHOICE: the tags head where the tags string is not empty (model.Model).
+* BLOCK_SCORES: gather (idf**2, idf * coef) per n-gram from its row's head's
+  table, per-row sums (scatter-add), occurrence l2 norm per block.
+* PROBABILITIES: the blocks' sum plus the intercept, one-vs-rest sigmoids
+  normalised by their sum, and the label of the best score.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from categorizer.features import (
+    BLOCK_SCORES,
+    BUCKETS,
+    CHAR_FINGERPRINTS,
     FINGERPRINT_MASK,
+    HEAD_CHOICE,
     MAX_NGRAM_ORDER,
     OTHER,
+    PROBABILITIES,
+    SKIP_FINGERPRINTS,
     SKIP_MARK,
     SPACE,
+    STAGES,
+    STREAM,
+    WORD_FINGERPRINTS,
     WORD_MARK,
     FeatureSpec,
 )
-from categorizer.heads import EMPTY_TAGS, N_HEADS
+from categorizer.heads import EMPTY_TAGS, N_HEADS, TAGS_HEAD
 from categorizer.weights import INTERCEPT, WEIGHTS, weight_table
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
@@ -54,29 +72,50 @@ _PAD = -2
 # Longest shift any step takes: n - 1 for an n-gram.
 _MAX_SHIFT = MAX_NGRAM_ORDER - 1
 
+_ELEM = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "double": TensorProto.DOUBLE}
+
 
 @dataclass
 class _Builder:
-    """Accumulates nodes and initializers, handing out unique tensor names."""
+    """Accumulates nodes and initializers, handing out unique tensor names.
 
+    Nodes are named after the stage being built; a stage in `expose` also
+    gets its tensors as graph outputs named ``<stage>.<part>``.
+    """
+
+    expose: Collection[str] = ()
     nodes: List[onnx.NodeProto] = field(default_factory=list)
     inits: List[onnx.TensorProto] = field(default_factory=list)
-    # (tensor, fill) -> (tensor + _MAX_SHIFT fills, its original shape), see _shift.
-    padded: Dict[Tuple[str, str], Tuple[str, str]] = field(default_factory=dict)
+    outputs: List[onnx.ValueInfoProto] = field(default_factory=list)
+    # (tensor, fill) -> tensor + _MAX_SHIFT fills, see _shift.
+    padded: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    stage: str = ""
     _count: int = 0
+
+    @contextmanager
+    def building(self, stage: str) -> Iterator[None]:
+        outer, self.stage = self.stage, stage
+        try:
+            yield
+        finally:
+            self.stage = outer
 
     def name(self, hint: str) -> str:
         self._count += 1
         return f"{hint}_{self._count}"
 
-    def op(self, op_type: str, inputs: Sequence[str], domain: str = "", **attrs: Any) -> str:
+    def node(self, op_type: str, inputs: Sequence[str], outputs: Sequence[str], **attrs: Any) -> None:
+        name = f"{self.stage}/{self.name(op_type)}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), list(outputs), name=name, **attrs))
+
+    def op(self, op_type: str, inputs: Sequence[str], **attrs: Any) -> str:
         out = self.name(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, list(inputs), [out], domain=domain, **attrs))
+        self.node(op_type, inputs, [out], **attrs)
         return out
 
     def ops(self, op_type: str, inputs: Sequence[str], n_out: int, **attrs: Any) -> List[str]:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, list(inputs), outs, **attrs))
+        self.node(op_type, inputs, outs, **attrs)
         return outs
 
     def weight(self, name: str, array: np.ndarray) -> str:
@@ -89,6 +128,26 @@ class _Builder:
         array: np.ndarray = np.array(value, dtype=dtype if dtype is not None else _dtype_of(value))
         self.inits.append(numpy_helper.from_array(array, name))
         return name
+
+    def show(self, part: str, tensor: str, elem: str, rank: int = 1) -> None:
+        """Expose `tensor` as the output ``<stage>.<part>`` when the stage is exposed."""
+        if self.stage in self.expose:
+            out = f"{self.stage}.{part}"
+            self.node("Identity", [tensor], [out])
+            shape = [f"{out}_{axis}" for axis in range(rank)]
+            self.outputs.append(helper.make_tensor_value_info(out, _ELEM[elem], shape))
+
+    def show_stacked(self, part: str, tensors: Sequence[str], elem: str) -> None:
+        """Expose a list of same-length 1-D tensors as one [len(tensors), P] output."""
+        if self.stage in self.expose:
+            if not tensors:
+                return self.show(part, self.const(np.zeros((0, 0), dtype=np.int64)), "int64", rank=2)
+            self.show(part, self.op("Concat", [_row(self, t) for t in tensors], axis=0), elem, rank=2)
+        return None
+
+
+def _row(b: _Builder, x: str) -> str:
+    return b.op("Unsqueeze", [x, b.const([0])])
 
 
 def _dtype_of(value: object) -> type:
@@ -104,23 +163,49 @@ class _Flat:
     rows: str
 
 
+@dataclass(frozen=True)
+class _Families:
+    """Families of n-grams over the same P places (stream positions for characters,
+    words for word n-grams): per family, a value at each place (a fingerprint, then
+    a bucket) and whether that n-gram is real (one that runs past its row's end is
+    not); and each place's row."""
+
+    values: List[str]
+    valid: List[str]
+    rows: str
+
+    def show(self, b: _Builder, part: str) -> None:
+        b.show_stacked(f"{part}values", self.values, "int64")
+        b.show_stacked(f"{part}valid", self.valid, "bool")
+        b.show(f"{part}rows", self.rows, "int64")
+
+
 # --- small graph idioms --------------------------------------------------------
 
 
 def _shift(b: _Builder, x: str, k: int, fill: object) -> str:
     """x[i + k], with `fill` past the end; same length as x even when len < k.
 
-    Every shift of one tensor slices a single padded copy of it, so n-gram
-    orders 2..5 cost one copy each rather than two.
+    Every shift of one tensor slices a single copy of it padded with
+    _MAX_SHIFT fills, so n-gram orders 2..5 cost one copy each rather than two;
+    the slice ends k - _MAX_SHIFT from the copy's end, a constant, so a shift
+    is one node.
     """
-    if k > _MAX_SHIFT:
-        raise ValueError(f"shift {k} exceeds {_MAX_SHIFT}")
+    if not 0 <= k <= _MAX_SHIFT:
+        raise ValueError(f"shift {k} is not in 0..{_MAX_SHIFT}")
+    if k == 0:
+        return x
     key = (x, repr(fill))
     if key not in b.padded:
-        pad = b.op("Expand", [b.const([fill]), b.const([_MAX_SHIFT])])
-        b.padded[key] = (b.op("Concat", [x, pad], axis=0), b.op("Shape", [x]))
-    padded, length = b.padded[key]
-    return b.op("Slice", [padded, b.const([k]), b.op("Add", [length, b.const([k])]), b.const([0])])
+        b.padded[key] = b.op("Concat", [x, b.const([fill] * _MAX_SHIFT)], axis=0)
+    end = k - _MAX_SHIFT if k < _MAX_SHIFT else np.iinfo(np.int64).max
+    return b.op("Slice", [b.padded[key], b.const([k]), b.const([end]), b.const([0])])
+
+
+def _shift_back(b: _Builder, x: str, fill: object) -> str:
+    """x[i - 1], with `fill` at position 0."""
+    joined = b.op("Concat", [b.const([fill]), x], axis=0)
+    return b.op("Slice", [joined, b.const([0]), b.const([-1]), b.const([0])])
 
 
 def _compress(b: _Builder, flat: _Flat, keep: str) -> _Flat:
@@ -134,7 +219,12 @@ def _same_row_ahead(b: _Builder, rows: str, k: int) -> str:
     return b.op("Equal", [_shift(b, rows, k, -1), rows])
 
 
-# --- text -> flat code streams ---------------------------------------------------
+def _masked(b: _Builder, x: str) -> str:
+    """x modulo 2**28 (x >= 0)."""
+    return b.op("BitwiseAnd", [x, b.const(FINGERPRINT_MASK)])
+
+
+# --- STREAM: text -> flat codes ----------------------------------------------------
 
 
 def code_table(fold: Dict[str, str]) -> Tuple[List[str], List[int]]:
@@ -155,13 +245,14 @@ def code_table(fold: Dict[str, str]) -> Tuple[List[str], List[int]]:
     return keys, values
 
 
-def _stream(b: _Builder, text: str, fold: Dict[str, str]) -> _Flat:
+def stream(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
     """Flat codes of ' w1 w2 ... ' streams: every row starts and ends with one space."""
+    text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
     # separators=[""] is the Tokenizer's character mode; rows are padded with "".
     chars = b.op(
         "Tokenizer", [text], domain="com.microsoft", mark=0, mincharnum=1, pad_value="", separators=[""]
     )
-    keys, values = code_table(fold)
+    keys, values = code_table(spec.fold)
     codes = b.op(
         "LabelEncoder",
         [chars],
@@ -176,8 +267,10 @@ def _stream(b: _Builder, text: str, fold: Dict[str, str]) -> _Flat:
     row_ids = b.op("Range", [b.const(0), b.op("Squeeze", [n_rows]), b.const(1)])
     grid_rows = b.op("Expand", [b.op("Unsqueeze", [row_ids, b.const([1])]), b.op("Shape", [framed])])
     flat = _Flat(b.op("Reshape", [framed, b.const([-1])]), b.op("Reshape", [grid_rows, b.const([-1])]))
-    flat = _compress(b, flat, b.op("GreaterOrEqual", [flat.values, b.const(0)]))
-    return _collapse_spaces(b, flat)
+    flat = _collapse_spaces(b, _compress(b, flat, b.op("GreaterOrEqual", [flat.values, b.const(0)])))
+    b.show("codes", flat.values, "int64")
+    b.show("rows", flat.rows, "int64")
+    return flat
 
 
 def _collapse_spaces(b: _Builder, flat: _Flat) -> _Flat:
@@ -188,40 +281,23 @@ def _collapse_spaces(b: _Builder, flat: _Flat) -> _Flat:
     return _compress(b, flat, b.op("Not", [repeated]))
 
 
-def _shift_back(b: _Builder, x: str, fill: object) -> str:
-    """x[i - 1], with `fill` at position 0."""
-    joined = b.op("Concat", [b.const([fill]), x], axis=0)
-    return b.op("Slice", [joined, b.const([0]), b.const([-1]), b.const([0])])
+# --- fingerprints ------------------------------------------------------------------
 
 
-# --- streams -> fingerprints ------------------------------------------------------
-
-
-def _masked(b: _Builder, x: str) -> str:
-    """x modulo 2**28 (x >= 0)."""
-    return b.op("BitwiseAnd", [x, b.const(FINGERPRINT_MASK)])
-
-
-def _char_ngrams(b: _Builder, spec: FeatureSpec, stream: _Flat) -> List[_Family]:
-    """Fingerprints of the n-grams starting at each position, one family per order."""
+def char_fingerprints(b: _Builder, spec: FeatureSpec, codes: _Flat) -> _Families:
+    """Fingerprints of the n-grams starting at each stream position, one family per order."""
     low, high = spec.char_ngrams
-    fp, out = stream.values, []
+    fp, values, valid = codes.values, [], []
     for n in range(1, high + 1):
         if n > 1:
-            term = b.op("Mul", [_shift(b, stream.values, n - 1, 0), b.const(spec.power(n - 1))])
+            term = b.op("Mul", [_shift(b, codes.values, n - 1, 0), b.const(spec.power(n - 1))])
             fp = _masked(b, b.op("Add", [fp, term]))
         if n >= low:
-            out.append(_Family(fp, _same_row_ahead(b, stream.rows, n - 1)))
-    return out
-
-
-@dataclass(frozen=True)
-class _Family:
-    """Fingerprints of one n-gram family and which ones are real: an n-gram that
-    runs past its row's end is scored in the zero bucket rather than removed."""
-
-    fps: str
-    valid: str
+            values.append(fp)
+            valid.append(_same_row_ahead(b, codes.rows, n - 1))
+    families = _Families(values, valid, codes.rows)
+    families.show(b, "")
+    return families
 
 
 @dataclass(frozen=True)
@@ -234,58 +310,96 @@ class _Words:
     rows: str
 
 
-def _words(b: _Builder, spec: FeatureSpec, stream: _Flat) -> _Words:
+def _words(b: _Builder, spec: FeatureSpec, codes: _Flat) -> _Words:
     """Words lie between consecutive spaces of the stream; each is read through a
-    fixed window of max_word_chars codes, so its cost does not depend on its length."""
-    codes = stream.values
-    size = b.op("Shape", [codes])
+    window of codes as wide as the batch's longest word, so that its cost does not
+    depend on its own length, nor on max_word_chars when no word is that long."""
+    size = b.op("Shape", [codes.values])
     positions = b.op("Range", [b.const(0), b.op("Squeeze", [size]), b.const(1)])
-    spaces = b.op("Compress", [positions, b.op("Equal", [codes, b.const(SPACE)])], axis=0)
+    spaces = b.op("Compress", [positions, b.op("Equal", [codes.values, b.const(SPACE)])], axis=0)
     # Between the last space of one row and the first of the next lies no word.
     gaps = b.op("Sub", [b.op("Sub", [_shift(b, spaces, 1, 0), spaces]), b.const(1)])
     real = b.op("Greater", [gaps, b.const(0)])
     starts = b.op("Compress", [b.op("Add", [spaces, b.const(1)]), real], axis=0)
     lengths = b.op("Min", [b.op("Compress", [gaps, real], axis=0), b.const(spec.max_word_chars)])
-    rows = b.op("Gather", [stream.rows, starts], axis=0)
-    offsets = b.const(list(range(spec.max_word_chars)))
+    rows = b.op("Gather", [codes.rows, starts], axis=0)
+    # The window is as wide as the batch's longest (cut) word, at least one code.
+    width = b.op("ReduceMax", [b.op("Concat", [lengths, b.const([1])], axis=0)], keepdims=1)
+    offsets = _prefix(b, list(range(spec.max_word_chars)), width)
     last = b.op("Sub", [size, b.const(1)])
     window = b.op("Min", [b.op("Add", [b.op("Unsqueeze", [starts, b.const([1])]), offsets]), last])
-    weights = b.const([spec.power(j + 1) for j in range(spec.max_word_chars)])
-    terms = _masked(b, b.op("Mul", [b.op("Gather", [codes, window], axis=0), weights]))
+    weights = _prefix(b, [spec.power(j + 1) for j in range(spec.max_word_chars)], width)
+    terms = _masked(b, b.op("Mul", [b.op("Gather", [codes.values, window], axis=0), weights]))
     inside = b.op("Less", [offsets, b.op("Unsqueeze", [lengths, b.const([1])])])
     summed = b.op("ReduceSum", [b.op("Where", [inside, terms, b.const(0)]), b.const([1])], keepdims=0)
     return _Words(_masked(b, b.op("Add", [summed, b.const(WORD_MARK)])), lengths, rows)
 
 
-def _word_ngrams(b: _Builder, spec: FeatureSpec, words: _Words) -> List[_Family]:
-    """poly(WORD_MARK + "w1 ... wn") = poly(... w(n-1)) + B**L * (SPACE + fp(wn) - WORD_MARK),
-    with L the length so far (see FeatureSpec.word_fingerprints)."""
+def _prefix(b: _Builder, values: List[int], length: str) -> str:
+    """The first `length` ([1] tensor) of constant `values`."""
+    return b.op("Slice", [b.const(values), b.const([0]), length, b.const([0])])
+
+
+def _word_powers(b: _Builder, spec: FeatureSpec) -> str:
+    return b.const([spec.power(k) for k in range(spec.max_word_ngram_chars() + 1)])
+
+
+def _tails(b: _Builder, words: _Words) -> str:
+    """Each word's fingerprint as a continuation: a space, then its codes."""
+    return b.op("Add", [words.fps, b.const(SPACE - WORD_MARK)])
+
+
+def word_fingerprints(b: _Builder, spec: FeatureSpec, codes: _Flat) -> Tuple[_Families, _Words]:
+    """Word n-gram fingerprints, one family per order, over the stream's words:
+    poly(WORD_MARK + "w1 ... wn") = poly(... w(n-1)) + B**L * (SPACE + fp(wn) - WORD_MARK),
+    with L the length so far (see sklearn_twin.word_fingerprints)."""
+    words = _words(b, spec, codes)
     low, high = spec.word_ngrams
-    powers = b.const([spec.power(k) for k in range(spec.max_word_ngram_chars() + 1)])
-    # Each word's fingerprint as a continuation: a space, then its codes.
-    tails = b.op("Add", [words.fps, b.const(SPACE - WORD_MARK)])
-    fp, length, out = words.fps, b.op("Add", [words.lengths, b.const(1)]), []
+    fp, values, valid = words.fps, [], []
+    if high > 1:
+        powers, tails = _word_powers(b, spec), _tails(b, words)
+        length = b.op("Add", [words.lengths, b.const(1)])
     for n in range(1, high + 1):
         if n > 1:
             scale = b.op("Gather", [powers, length], axis=0)
             fp = _masked(b, b.op("Add", [fp, _masked(b, b.op("Mul", [scale, _shift(b, tails, n - 1, 0)]))]))
-            ahead = _shift(b, words.lengths, n - 1, 0)
-            length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
+            if n < high:
+                ahead = _shift(b, words.lengths, n - 1, 0)
+                length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
         if n >= low:
-            out.append(_Family(fp, _same_row_ahead(b, words.rows, n - 1)))
+            values.append(fp)
+            valid.append(_same_row_ahead(b, words.rows, n - 1))
+    families = _Families(values, valid, words.rows)
+    families.show(b, "")
+    return families, words
+
+
+def skip_fingerprints(b: _Builder, spec: FeatureSpec, words: _Words) -> _Families:
+    """poly(SKIP_MARK + "w1 w3") at each word: the first word with its mark
+    swapped, then w3 as a tail; no family when the spec has no skip bigrams."""
+    families = _Families([], [], words.rows)
     if spec.skip_bigrams:
-        # poly(SKIP_MARK + "w1 w3"): the first word with its mark swapped, then w3 as a tail.
-        scale = b.op("Gather", [powers, b.op("Add", [words.lengths, b.const(1)])], axis=0)
+        scale = b.op("Gather", [_word_powers(b, spec), b.op("Add", [words.lengths, b.const(1)])], axis=0)
         first = b.op("Add", [words.fps, b.const(SKIP_MARK - WORD_MARK)])
-        fp = _masked(b, b.op("Add", [first, _masked(b, b.op("Mul", [scale, _shift(b, tails, 2, 0)]))]))
-        out.append(_Family(fp, _same_row_ahead(b, words.rows, 2)))
-    return out
+        tail = _shift(b, _tails(b, words), 2, 0)
+        fp = _masked(b, b.op("Add", [first, _masked(b, b.op("Mul", [scale, tail]))]))
+        families = _Families([fp], [_same_row_ahead(b, words.rows, 2)], words.rows)
+    families.show(b, "")
+    return families
 
 
-def _buckets(b: _Builder, fps: str, width: int) -> str:
-    """Bucket of each fingerprint within its block, as HashingVectorizer hashes its
-    four-character name."""
-    name = _spread(b, fps)
+# --- BUCKETS -------------------------------------------------------------------------
+
+
+def buckets(b: _Builder, spec: FeatureSpec, blocks: Sequence[_Families]) -> List[_Families]:
+    """Each fingerprint's bucket within its block: |MurmurHash3| of its four 7-bit
+    groups as an int32, modulo the block's width (sklearn_twin.buckets). Every
+    family of every block is hashed as one flat tensor, then split back: each op
+    runs once, however many families the spec has."""
+    families = [values for block in blocks for values in block.values]
+    sizes = [b.op("Shape", [block.rows]) for block in blocks]
+    flat = b.op("Concat", families, axis=0)
+    name = _spread(b, flat)
     hashed = b.op(
         "MurmurHash3",
         [b.op("Cast", [name], to=TensorProto.INT32)],
@@ -294,74 +408,73 @@ def _buckets(b: _Builder, fps: str, width: int) -> str:
         seed=0,
     )
     # abs(int32) in int64, so -2**31 maps like scikit-learn's special case.
-    wide = b.op("Cast", [hashed], to=TensorProto.INT64)
-    return b.op("Mod", [b.op("Abs", [wide]), b.const(width)])
+    wide = b.op("Abs", [b.op("Cast", [hashed], to=TensorProto.INT64)])
+    bucket = b.op("Mod", [wide, b.const(spec.block_width)])
+    split = b.op("Concat", [size for block, size in zip(blocks, sizes) for _ in block.values], axis=0)
+    parts = b.ops("Split", [bucket, split], len(families), axis=0)
+    out, start = [], 0
+    for block, part in zip(blocks, ("chars", "words")):
+        hashed_block = _Families(parts[start : start + len(block.values)], block.valid, block.rows)
+        hashed_block.show(b, f"{part}.")
+        out.append(hashed_block)
+        start += len(block.values)
+    return out
 
 
 def _spread(b: _Builder, fps: str) -> str:
-    """The 28 bits as four 7-bit bytes, little end first: the name's UTF-8 bytes."""
-    spread = b.op("BitwiseAnd", [fps, b.const(0x7F)])
-    for byte in (1, 2, 3):
-        bits = b.op("BitwiseAnd", [fps, b.const(0x7F << (7 * byte))])
-        spread = b.op("Add", [spread, b.op("Mul", [bits, b.const(1 << byte)])])
-    return spread
+    """The 28 bits as four 7-bit bytes, little end first: the name's UTF-8 bytes.
+
+    Moving group k up k bits adds 2**j * (bits from group j + 1 up) for each j < k,
+    so the spread is fp + A1 + 2 * (A2 + 2 * A3), A_i being fp's bits from group i
+    up: eight operations where shifting each group costs ten.
+    """
+    above = [b.op("BitwiseAnd", [fps, b.const(FINGERPRINT_MASK & -(1 << (7 * i)))]) for i in (1, 2, 3)]
+    inner = b.op("Add", [above[1], b.op("Mul", [above[2], b.const(2)])])
+    return b.op("Add", [b.op("Add", [fps, above[0]]), b.op("Mul", [inner, b.const(2)])])
 
 
-@dataclass(frozen=True)
-class _Block:
-    """One block's n-grams: per family, the bucket of the n-gram at each of P
-    places (stream positions for characters, words for word n-grams; the zero
-    bucket where none is real), and each place's row."""
-
-    buckets: List[str]
-    rows: str
+# --- HEAD_CHOICE ---------------------------------------------------------------------
 
 
-def _features(b: _Builder, spec: FeatureSpec, title: str, tags: str, tables: str) -> Tuple[_Block, _Block]:
-    """Buckets of every n-gram: the character block's, then the word block's.
-    `tables` is each row's first WEIGHTS row: its head's table."""
-    text = b.op("StringConcat", [b.op("StringConcat", [title, b.const(" ")]), tags])
-    stream = _stream(b, text, spec.fold)
-    chars = _bucket_grid(
-        b, spec, _char_ngrams(b, spec, stream), 0, b.op("Gather", [tables, stream.rows], axis=0)
-    )
-    words = _words(b, spec, stream)
-    word_tables = b.op("Gather", [tables, words.rows], axis=0)
-    grams = _bucket_grid(b, spec, _word_ngrams(b, spec, words), spec.block_width, word_tables)
-    return _Block(chars, stream.rows), _Block(grams, words.rows)
+def head_choice(b: _Builder, tags: str) -> str:
+    """TAGS_HEAD where the tags string is not empty, else TITLE_HEAD (heads.head_of)."""
+    sent = b.op("Not", [b.op("Equal", [tags, b.const(EMPTY_TAGS)])])
+    head = b.op("Mul", [b.op("Cast", [sent], to=TensorProto.INT64), b.const(TAGS_HEAD)])
+    b.show("heads", head, "int64")
+    return head
 
 
-def _bucket_grid(
-    b: _Builder, spec: FeatureSpec, families: List[_Family], offset: int, tables: str
+# --- BLOCK_SCORES ----------------------------------------------------------------------
+
+
+def block_scores(
+    b: _Builder, spec: FeatureSpec, blocks: Sequence[_Families], heads: str, n_rows: str, n_classes: int
 ) -> List[str]:
-    """Per family, the WEIGHTS row of each n-gram: its place's table + offset + its
-    bucket, or + n_features (the table's zero row) where not valid. Hashed as one
-    stacked tensor: fewer nodes."""
-
-    def stack(parts: List[str]) -> str:
-        return b.op("Concat", [b.op("Unsqueeze", [part, b.const([0])]) for part in parts], axis=0)
-
-    fps, valid = stack([f.fps for f in families]), stack([f.valid for f in families])
-    buckets = b.op("Add", [_buckets(b, fps, spec.block_width), b.const(offset)])
-    grid = b.op("Add", [b.op("Where", [valid, buckets, b.const(spec.n_features)]), tables])
-    split = b.ops("Split", [grid], len(families), axis=0, num_outputs=len(families))
-    return [b.op("Squeeze", [family, b.const([0])]) for family in split]
+    """Per block, [N, n_classes]: tf-idf with an occurrence l2 norm (see
+    sklearn_twin.OccurrenceTfidf) dotted with the coefficients, i.e. (sum of
+    idf * coef over a row's n-grams) / sqrt(sum of idf**2), each row from its
+    head's table."""
+    tables = b.op("Mul", [heads, b.const(spec.n_features + 1)])
+    scores = []
+    for index, (block, part) in enumerate(zip(blocks, ("chars", "words"))):
+        scores.append(_block_scores(b, spec, block, index, tables, n_rows, n_classes))
+        b.show(part, scores[-1], "double", rank=2)
+    return scores
 
 
-# --- features -> scores ------------------------------------------------------------
-
-
-def _scores(b: _Builder, blocks: Sequence[_Block], n_rows: str, n_classes: int, heads: str) -> str:
-    """tf-idf with an occurrence l2 norm per block (see model.OccurrenceTfidf), dotted
-    with the coefficients: per block, (sum of idf * coef over a row's n-grams) /
-    sqrt(sum of idf**2), then the blocks' sum plus the row's head's intercept."""
-    parts = [_block_scores(b, block, n_rows, n_classes) for block in blocks]
-    return b.op("Add", [b.op("Sum", parts), b.op("Gather", [INTERCEPT, heads], axis=0)])
-
-
-def _block_scores(b: _Builder, block: _Block, n_rows: str, n_classes: int) -> str:
+def _block_scores(
+    b: _Builder, spec: FeatureSpec, block: _Families, index: int, tables: str, n_rows: str, n_classes: int
+) -> str:
+    # Each place's first WEIGHTS row in its block, and its head's zero row.
+    first = b.op("Add", [b.op("Gather", [tables, block.rows], axis=0), b.const(index * spec.block_width)])
+    zero = b.op("Add", [b.op("Gather", [tables, block.rows], axis=0), b.const(spec.n_features)])
     # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
-    weighted = [_weighted(b, buckets) for buckets in block.buckets]
+    weighted = [
+        _weighted(b, b.op("Where", [valid, b.op("Add", [bucket, first]), zero]))
+        for bucket, valid in zip(block.values, block.valid)
+    ]
+    if not weighted:  # a spec whose word block is empty cannot exist; kept total for the type
+        raise ValueError("a block has no n-gram family")
     per_place = b.op("Sum", weighted)
     sums = _row_sums(b, per_place, block.rows, n_rows, 1 + n_classes)
     squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
@@ -371,9 +484,9 @@ def _block_scores(b: _Builder, block: _Block, n_rows: str, n_classes: int) -> st
     return b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])])
 
 
-def _weighted(b: _Builder, buckets: str) -> str:
-    """The WEIGHTS rows of `buckets`, widened to float64 for exact sums."""
-    return b.op("Cast", [b.op("Gather", [WEIGHTS, buckets], axis=0)], to=TensorProto.DOUBLE)
+def _weighted(b: _Builder, rows: str) -> str:
+    """The WEIGHTS rows of `rows`, widened to float64 for exact sums."""
+    return b.op("Cast", [b.op("Gather", [WEIGHTS, rows], axis=0)], to=TensorProto.DOUBLE)
 
 
 def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> List[str]:
@@ -396,41 +509,77 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
     ]
 
 
+# --- PROBABILITIES -----------------------------------------------------------------------
+
+
+def probabilities(b: _Builder, blocks: Sequence[str], heads: str, labels: Sequence[str], n_real: str) -> None:
+    """The outputs `label` and `probabilities` from the blocks' scores of the first n_real rows."""
+    padded = b.op("Add", [b.op("Sum", list(blocks)), b.op("Gather", [INTERCEPT, heads], axis=0)])
+    scores = b.op("Slice", [padded, b.const([0]), n_real, b.const([0])])
+    b.show("scores", scores, "double", rank=2)
+    # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
+    # 1 / (1 + exp(-x)) as scikit-learn's expit: onnxruntime's Sigmoid loses
+    # values below 2**-52, and the sum's normalisation magnifies that error
+    # on rows whose every score is very negative.
+    sig = b.op("Reciprocal", [b.op("Add", [b.op("Exp", [b.op("Neg", [scores])]), b.const(1.0)])])
+    proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])
+    # The label is scikit-learn's predict: the best score, not the best probability
+    # (sigmoids saturate to equal 1.0 on long, repetitive rows).
+    best = b.op("ArgMax", [scores], axis=1, keepdims=0)
+    b.node("Gather", [b.const(list(labels), "labels"), best], ["label"], axis=0)
+    b.node("Cast", [proba], ["probabilities"], to=TensorProto.FLOAT)
+
+
+# --- the whole graph ----------------------------------------------------------------------
+
+
 def build_model(
     spec: FeatureSpec,
     heads: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
     labels: Sequence[str],
     metadata: Dict[str, str],
+    expose: Collection[str] = (),
 ) -> onnx.ModelProto:
     """The serving graph for fitted tf-idf + linear heads over `spec`'s hashed features.
 
     `heads` holds (idf, coef, intercept) of the title head, then of the tags
     head; coef is ``[n_classes, n_features]`` as scikit-learn stores it. idf
-    and coef must lie on weights.round_weights' grid (model.fit rounds them).
+    and coef must lie on model.round_weights' grid (model.fit rounds them).
+    `expose` names stages (features.STAGES) whose tensors become extra outputs;
+    tensors per row or per place then include one padding row (row N) and its places.
     """
     if len(heads) != N_HEADS:
         raise ValueError(f"expected {N_HEADS} heads (title, tags), got {len(heads)}")
-    b = _Builder()
+    unknown = sorted(set(expose) - set(STAGES))
+    if unknown:
+        raise ValueError(f"no such stage(s) {unknown}; the stages are {list(STAGES)}")
+    b = _Builder(expose=frozenset(expose))
     b.weight(WEIGHTS, np.vstack([weight_table(idf, coef) for idf, coef, _ in heads]))
     b.weight(INTERCEPT, np.stack([np.asarray(intercept, dtype=np.float64) for _, _, intercept in heads]))
-    # One empty row more: for an empty batch the Tokenizer answers a 1-D tensor that
-    # the rest of the graph cannot take (onnxruntime aborted the process). The extra
-    # row's score is dropped below; an empty batch gets empty outputs.
-    title, tags = (b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags"))
-    # Head 1 (tags) where the tags string is not empty, as heads.head_of decides.
-    head = b.op("Cast", [b.op("Not", [b.op("Equal", [tags, b.const(EMPTY_TAGS)])])], to=TensorProto.INT64)
-    tables = b.op("Mul", [head, b.const(spec.n_features + 1)])
-    blocks = _features(b, spec, title, tags, tables)
-    padded = _scores(b, blocks, b.op("Shape", [title]), len(labels), head)
-    scores = b.op("Slice", [padded, b.const([0]), b.op("Shape", ["title"]), b.const([0])])
-    # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
-    sig = b.op("Sigmoid", [scores])
-    proba = b.op("Div", [sig, b.op("ReduceSum", [sig, b.const([1])], keepdims=1)])
-    # The label is scikit-learn's predict: the best score, not the best probability
-    # (sigmoids saturate to equal 1.0 on long, repetitive rows).
-    best = b.op("ArgMax", [scores], axis=1, keepdims=0)
-    b.nodes.append(helper.make_node("Gather", [b.const(list(labels), "labels"), best], ["label"], axis=0))
-    b.nodes.append(helper.make_node("Cast", [proba], ["probabilities"], to=TensorProto.FLOAT))
+    with b.building(STREAM):
+        # One empty row more: for an empty batch the Tokenizer answers a 1-D tensor that
+        # the rest of the graph cannot take (onnxruntime aborted the process). The extra
+        # row's score is dropped at the end; an empty batch gets empty outputs.
+        title, tags = (
+            b.op("Concat", [name, b.const([""])], axis=0) for name in ("title", "concatenated_tags")
+        )
+        codes = stream(b, spec, title, tags)
+    with b.building(CHAR_FINGERPRINTS):
+        chars = char_fingerprints(b, spec, codes)
+    with b.building(WORD_FINGERPRINTS):
+        grams, words = word_fingerprints(b, spec, codes)
+    with b.building(SKIP_FINGERPRINTS):
+        skips = skip_fingerprints(b, spec, words)
+    with b.building(BUCKETS):
+        words_block = _Families(grams.values + skips.values, grams.valid + skips.valid, grams.rows)
+        char_block, word_block = buckets(b, spec, [chars, words_block])
+    with b.building(HEAD_CHOICE):
+        head = head_choice(b, tags)
+    with b.building(BLOCK_SCORES):
+        n_rows = b.op("Shape", [title])
+        scores = block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))
+    with b.building(PROBABILITIES):
+        probabilities(b, scores, head, labels, b.op("Shape", ["title"]))
     return _model(b, len(labels), metadata)
 
 
@@ -443,7 +592,7 @@ def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelP
         helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes]),
     ]
-    graph = helper.make_graph(b.nodes, "elo7_categorizer", inputs, outputs, initializer=b.inits)
+    graph = helper.make_graph(b.nodes, "elo7_categorizer", inputs, outputs + b.outputs, initializer=b.inits)
     model = helper.make_model(
         graph,
         opset_imports=[

@@ -9,6 +9,7 @@ import pandas as pd
 
 from categorizer.features import Doc, FeatureSpec
 from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, heads_of_tags
+from categorizer.sklearn_twin import words
 
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:
@@ -26,7 +27,7 @@ def _squash(column: pd.Series) -> pd.Series:
 
 def normalised_title(spec: FeatureSpec, title: str) -> str:
     """The title as the model sees its words: case, accents and punctuation gone."""
-    return " ".join(spec.words(title))
+    return " ".join(words(spec, title))
 
 
 def leakage_groups(frame: pd.DataFrame, spec: FeatureSpec) -> np.ndarray:

@@ -1,19 +1,31 @@
-"""The feature spec's Python realisation: folding, words, n-grams, serialisation."""
+"""The feature spec and its Python realisation (sklearn_twin): words, n-grams, buckets, json."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from sklearn.feature_extraction.text import HashingVectorizer
 
-from categorizer.features import Doc, FeatureSpec, default_fold_table, name
+from categorizer import sklearn_twin as twin
+from categorizer.features import Doc, FeatureSpec, default_fold_table
 
 SPEC = FeatureSpec()
 
 
-def named(spec: FeatureSpec, grams: list[str]) -> list[str]:
-    """Names of n-grams straight from the definition: sum of code * base**k, mod 2**28."""
-    return [name(sum(ord(ch) * spec.power(k) for k, ch in enumerate(gram)) % 2**28) for gram in grams]
+def named(spec: FeatureSpec, grams: list[str]) -> list[int]:
+    """Fingerprints of n-grams straight from the definition: sum of code * base**k, mod 2**28."""
+    return [sum(ord(ch) * spec.power(k) for k, ch in enumerate(gram)) % 2**28 for gram in grams]
+
+
+def chars_of(spec: FeatureSpec, doc: Doc) -> list[int]:
+    return twin.char_fingerprints(spec, twin.stream(spec, doc))
+
+
+def words_of(spec: FeatureSpec, doc: Doc) -> list[int]:
+    """The word block's fingerprints: word n-grams, then skip bigrams."""
+    return twin.block_fingerprints(spec, doc)[1]
 
 
 @pytest.mark.parametrize(
@@ -31,25 +43,26 @@ def named(spec: FeatureSpec, grams: list[str]) -> list[str]:
     ],
 )
 def test_words_fold_case_accents_and_punctuation(text: str, words: list[str]) -> None:
-    assert SPEC.words(text) == words
+    assert twin.words(SPEC, text) == words
 
 
 def test_stream_frames_words_with_single_spaces() -> None:
-    assert SPEC.stream(["ab", "c"]) == " ab c "
-    assert SPEC.stream([]) == " "
+    assert twin.stream_text(["ab", "c"]) == " ab c "
+    assert twin.stream_text([]) == " "
+    assert twin.stream(SPEC, ("Ab!", "c")) == [ord(ch) for ch in " ab c "]
 
 
-def analyze(spec: FeatureSpec, doc: Doc) -> list[str]:
-    return spec.analyze_chars(doc) + spec.analyze_words(doc)
+def analyze(spec: FeatureSpec, doc: Doc) -> list[int]:
+    return chars_of(spec, doc) + words_of(spec, doc)
 
 
-def test_analyzers_join_title_and_tags_and_mark_word_ngrams() -> None:
+def test_stages_join_title_and_tags_and_mark_word_ngrams() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2))
     chars = [" a", "ab", "b ", " c", "c "]
     words = ["\x01ab", "\x01c", "\x01ab c"]
     # Bags: order is free.
-    assert sorted(spec.analyze_chars(("Ab", "c"))) == sorted(named(spec, chars))
-    assert sorted(spec.analyze_words(("Ab", "c"))) == sorted(named(spec, words))
+    assert sorted(chars_of(spec, ("Ab", "c"))) == sorted(named(spec, chars))
+    assert sorted(words_of(spec, ("Ab", "c"))) == sorted(named(spec, words))
 
 
 def test_skip_bigrams_pair_words_one_apart_under_their_own_mark() -> None:
@@ -57,16 +70,38 @@ def test_skip_bigrams_pair_words_one_apart_under_their_own_mark() -> None:
     plain = FeatureSpec(word_ngrams=(1, 1), skip_bigrams=False)
     words = named(plain, ["\x01kit", "\x01cha", "\x01bebe", "\x01azul"])
     skips = named(plain, ["\x02kit bebe", "\x02cha azul"])
-    assert sorted(FeatureSpec(word_ngrams=(1, 1)).analyze_words(doc)) == sorted([*words, *skips])
-    assert plain.analyze_words(doc) == words
+    assert sorted(words_of(FeatureSpec(word_ngrams=(1, 1)), doc)) == sorted([*words, *skips])
+    assert words_of(plain, doc) == words
 
 
-def test_names_are_four_ascii_characters_of_seven_bits() -> None:
-    # HashingVectorizer hashes a name's UTF-8 bytes; the graph hashes the same four
-    # bytes as an int32, so every byte must be ASCII.
-    assert name(0) == "\x00" * 4
+def name(fingerprint: int) -> str:
+    """A fingerprint's name: four 7-bit ASCII characters, little end first."""
+    return "".join(chr((fingerprint >> shift) & 0x7F) for shift in (0, 7, 14, 21))
+
+
+def test_buckets_are_where_hashing_vectorizer_puts_the_fingerprints_names() -> None:
+    # The spec's buckets were first those of HashingVectorizer over each n-gram's name;
+    # a model trained then must keep scoring the same.
+    spec = FeatureSpec(n_features=2**10)
+    fps = np.array([0, 1, 12345, 2**28 - 1, 0x5555555, 2**27 + 7])
+    vectorizer = HashingVectorizer(
+        analyzer=lambda fp: [name(fp)], n_features=2**9, alternate_sign=False, norm=None
+    )
+    expected = vectorizer.transform(fps.tolist()).indices.tolist()
+    assert twin.buckets(spec, fps).tolist() == expected
     assert name(2**28 - 1) == "\x7f" * 4
     assert name(1 + (2 << 7) + (3 << 14) + (4 << 21)).encode() == bytes([1, 2, 3, 4])
+
+
+def test_buckets_spread_the_fingerprints_of_real_ngrams_evenly() -> None:
+    # A multiplicative hash of a polynomial hash: short n-grams of similar text
+    # must not crowd a few buckets, or collisions would cost accuracy.
+    spec = FeatureSpec(n_features=2**12)
+    titles = [f"kit {n} lembrancinha cha de bebe menino {n * 7} azul" for n in range(400)]
+    fps = sorted({fp for title in titles for fp in analyze(spec, (title, ""))})
+    loads = np.bincount(twin.buckets(spec, np.array(fps)), minlength=spec.block_width)
+    mean = len(fps) / spec.block_width
+    assert loads.max() <= mean + 6 * mean**0.5 + 3
 
 
 def test_characters_beyond_the_bmp_share_one_code() -> None:
@@ -74,13 +109,13 @@ def test_characters_beyond_the_bmp_share_one_code() -> None:
     assert analyze(SPEC, ("中 caneca", "")) != analyze(SPEC, ("文 caneca", ""))
 
 
-def test_analyzers_are_empty_for_text_without_words() -> None:
+def test_fingerprints_are_empty_for_text_without_words() -> None:
     assert analyze(SPEC, ("...", "")) == []
 
 
 def test_word_ngrams_use_words_cut_to_max_word_chars() -> None:
     spec = FeatureSpec(char_ngrams=(2, 2), word_ngrams=(1, 2), max_word_chars=4)
-    words = spec.analyze_words(("abcdefg xyz", ""))
+    words = words_of(spec, ("abcdefg xyz", ""))
     assert sorted(words) == sorted(named(spec, ["\x01abcd", "\x01xyz", "\x01abcd xyz"]))
 
 
@@ -129,22 +164,22 @@ def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object])
         FeatureSpec(**kwargs)  # type: ignore[arg-type]
 
 
-def test_ngrams_are_the_text_of_what_the_analyzers_fingerprint() -> None:
+def test_ngrams_are_the_text_of_what_the_stages_fingerprint() -> None:
     doc = ("Kit Chá de Bebê", "lembrancinha")
-    grams = SPEC.ngrams(doc)
+    grams = twin.ngrams(SPEC, doc)
     assert grams["words"][:3] == ["kit", "kit cha", "cha"]
     assert grams["skip bigrams"][0] == "kit _ de"
     assert grams["characters"][:2] == [" k", " ki"]
-    assert named(SPEC, grams["characters"]) == SPEC.analyze_chars(doc)
+    assert named(SPEC, grams["characters"]) == chars_of(SPEC, doc)
     marked = ["\x01" + g for g in grams["words"]] + [
         "\x02" + g.replace(" _ ", " ") for g in grams["skip bigrams"]
     ]
-    assert named(SPEC, marked) == SPEC.analyze_words(doc)
+    assert named(SPEC, marked) == words_of(SPEC, doc)
 
 
 def test_ngrams_cut_words_and_drop_skip_bigrams_as_the_spec_says() -> None:
     spec = FeatureSpec(char_ngrams=(3, 3), word_ngrams=(1, 1), skip_bigrams=False, max_word_chars=3)
-    assert spec.ngrams(("abcd e", "")) == {
+    assert twin.ngrams(spec, ("abcd e", "")) == {
         "characters": [" ab", "abc", "bcd", "cd ", "d e", " e "],
         "words": ["abc", "e"],
     }

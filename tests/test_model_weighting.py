@@ -8,9 +8,9 @@ import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.heads import TAGS_HEAD, TITLE_HEAD, heads_of
-from categorizer.model import OccurrenceTfidf, vectorizer
+from categorizer.heads import TAGS_HEAD, TITLE_HEAD
 from categorizer.prepare import training_examples
+from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:
@@ -40,14 +40,16 @@ def test_a_matrix_of_another_width_is_refused() -> None:
         fitted([1.0, 2.0, 3.0], block_width=2).transform(sp.csr_matrix([[1.0, 0.0, 0.0]]))
 
 
-def test_vectorizer_puts_characters_then_words() -> None:
+def test_counts_put_characters_then_words() -> None:
     spec = FeatureSpec(n_features=2**10, char_ngrams=(2, 3), word_ngrams=(1, 2))
     doc = ("kit chá de bebê", "menino")
-    counts = vectorizer(spec).transform([doc])
+    counts = NgramCounts(spec).transform([("", ""), doc, doc])
     width = spec.block_width
-    assert counts.shape == (1, spec.n_features)
-    assert counts[:, :width].sum() == len(spec.analyze_chars(doc)) == 45  # 23 bigrams, 22 trigrams
-    assert counts[:, width:].sum() == len(spec.analyze_words(doc)) == 12  # 5 words, 4 pairs, 3 skips
+    assert counts.shape == (3, spec.n_features)
+    assert counts[0].sum() == 0
+    assert counts[1, :width].sum() == 45  # 23 bigrams, 22 trigrams
+    assert counts[1, width:].sum() == 12  # 5 words, 4 pairs, 3 skips
+    assert (counts[1] != counts[2]).nnz == 0
 
 
 def test_without_repeats_a_block_has_unit_l2_norm() -> None:
@@ -95,6 +97,6 @@ def test_the_tags_head_also_learns_from_tags_alone() -> None:
     assert weights.tolist() == [*weights_without.tolist(), 0.7]
 
 
-def test_heads_of_reads_only_whether_tags_are_empty() -> None:
+def test_head_choice_reads_only_whether_tags_are_empty() -> None:
     batch = [("a", ""), ("a", "b"), ("", " "), ("", "")]
-    assert heads_of(batch).tolist() == [TITLE_HEAD, TAGS_HEAD, TAGS_HEAD, TITLE_HEAD]
+    assert head_choice(batch).tolist() == [TITLE_HEAD, TAGS_HEAD, TAGS_HEAD, TITLE_HEAD]

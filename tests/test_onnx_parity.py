@@ -178,6 +178,15 @@ def test_random_model_matches_sklearn_on_generated_text(name: str, rows: List[Tu
 
 
 @pytest.mark.parametrize("name", sorted(SPECS))
+def test_graph_computes_nothing_it_does_not_use(name: str) -> None:
+    # Every node and initializer costs at load or per call: a dead one is waste.
+    graph = export.to_onnx(RANDOM_MODELS[name], {}, "0" * 64).graph
+    used = {name for node in graph.node for name in node.input} | {output.name for output in graph.output}
+    assert [init.name for init in graph.initializer if init.name not in used] == []
+    assert [node.name for node in graph.node if not set(node.output) & used] == []
+
+
+@pytest.mark.parametrize("name", sorted(SPECS))
 def test_an_empty_batch_gets_empty_outputs(name: str) -> None:
     # It once aborted the whole process (a 1-D Tokenizer output), in any language.
     empty = np.array([], dtype=object)
