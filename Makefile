@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train bench bench-quick bench-overload fuzz clean
+.PHONY: run test lint format train bench bench-quick bench-overload bench-stages fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,10 @@ bench-quick: $(VENV)/.dev
 # Issue 12's overload scenario: 256 clients x 4 MB bodies, then SIGTERM (~1 min).
 bench-overload: $(VENV)/.dev
 	$(BIN)/python -m bench.overload
+
+# The serving graph's cost per stage, in this process (about a minute).
+bench-stages: $(VENV)/.dev
+	$(BIN)/python -m bench.stages
 
 FUZZ_EXAMPLES ?= 20000
 # Longer schemathesis run against a live server (CI runs 1,200 cases).

@@ -275,3 +275,24 @@ def test_anchor_quality_scores_held_out_groups_and_never_trains_on_the_public_fi
     # title right.
     assert result["word"] == {"folds": [1.0, 1.0], "mean": 1.0, "test_products": 0.0}
     assert "word-only TF-IDF + LR" in anchor_quality.table(result, ["word"])
+
+
+def test_stage_profile_accounts_for_every_stage(tmp_path: Path) -> None:
+    from bench import stages
+    from categorizer import export
+    from categorizer.features import STAGES, FeatureSpec
+    from tests.test_onnx_parity import random_model
+
+    path = export.save(
+        export.to_onnx(random_model(FeatureSpec(n_features=2**8), 3), {}, "0" * 64), tmp_path / "m.onnx"
+    )
+    nodes = stages.node_count(str(path))
+    assert set(nodes) == set(STAGES)  # every node is named after its stage
+    results = {
+        batch: stages.profile(str(path), batch, ["Kit chá de bebê azul", "caneca"]) for batch in (1, 3)
+    }
+    assert all(set(STAGES) <= set(result) for result in results.values())
+    assert all(result["total"] > 0 for result in results.values())
+    table = stages.table(results, nodes)
+    assert all(f"| {stage} | {nodes[stage]} |" in table for stage in STAGES)
+    assert "µs/title at 3 titles" in table
