@@ -139,11 +139,13 @@ class _Builder:
 
     def show_stacked(self, part: str, tensors: Sequence[str], elem: str) -> None:
         """Expose a list of same-length 1-D tensors as one [len(tensors), P] output."""
-        if self.stage in self.expose:
-            if not tensors:
-                return self.show(part, self.const(np.zeros((0, 0), dtype=np.int64)), "int64", rank=2)
-            self.show(part, self.op("Concat", [_row(self, t) for t in tensors], axis=0), elem, rank=2)
-        return None
+        if self.stage not in self.expose:
+            return
+        if tensors:
+            stacked = self.op("Concat", [_row(self, t) for t in tensors], axis=0)
+        else:  # a family-less stage (no skip bigrams): an empty [0, 0] of the same type
+            stacked = self.const(np.zeros((0, 0), dtype=np.bool_ if elem == "bool" else np.int64))
+        self.show(part, stacked, elem, rank=2)
 
 
 def _row(b: _Builder, x: str) -> str:
