@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, Mapping, Optional
 
 import onnx
 from onnx import numpy_helper
@@ -13,16 +13,31 @@ from onnx import numpy_helper
 from categorizer.features import FeatureSpec
 from categorizer.model import Model, from_weights, weights_of
 from categorizer.onnx_graph import build_model
-from categorizer.weights import DATA_SHA256_KEY, FEATURE_SPEC_KEY, LABELS_KEY, METRICS_KEY, read_heads
+from categorizer.weights import (
+    CONFIDENCE_KEY,
+    DATA_SHA256_KEY,
+    FEATURE_SPEC_KEY,
+    LABELS_KEY,
+    METRICS_KEY,
+    read_heads,
+)
 
 
-def to_onnx(model: Model, metrics: Mapping[str, Any], data_sha256: str) -> onnx.ModelProto:
+def to_onnx(
+    model: Model,
+    metrics: Mapping[str, Any],
+    data_sha256: str,
+    confidence: Optional[Mapping[str, Any]] = None,
+) -> onnx.ModelProto:
+    """The model as one ONNX file; `confidence` is the table of categorizer.confidence."""
     metadata = {
         LABELS_KEY: json.dumps(model.labels, ensure_ascii=False),
         FEATURE_SPEC_KEY: model.spec.to_json(),
         METRICS_KEY: json.dumps(metrics, ensure_ascii=False, sort_keys=True),
         DATA_SHA256_KEY: data_sha256,
     }
+    if confidence is not None:
+        metadata[CONFIDENCE_KEY] = json.dumps(confidence, ensure_ascii=False, sort_keys=True)
     return build_model(model.spec, weights_of(model), model.labels, metadata)
 
 

@@ -17,6 +17,9 @@ LABELS_KEY = "labels"
 FEATURE_SPEC_KEY = "feature_spec"
 METRICS_KEY = "metrics"
 DATA_SHA256_KEY = "training_data_sha256"
+# The confidence table (categorizer/confidence.py), by input view; files exported
+# before it existed have none.
+CONFIDENCE_KEY = "confidence"
 
 # Initializer names of the learned weights. WEIGHTS stacks one table per head,
 # each [n_features + 1, 1 + n_classes] float32: per bucket, idf**2 then idf * coef

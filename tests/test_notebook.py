@@ -21,8 +21,9 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from categorizer import data, export, notebook, prepare
+from categorizer import confidence, data, export, notebook, prepare
 from categorizer.config import DEFAULT_TEST_PRODUCTS_PATH
+from categorizer.weights import CONFIDENCE_KEY
 from tests.datasets import ROOT, model_file, public_test_csv, skip_or_fail
 
 NOTEBOOK = ROOT / "treinamento.ipynb"
@@ -113,6 +114,13 @@ def test_notebook_writes_model_metrics_and_figures(trained: Run) -> None:
         assert set(report["per_class"]) == set(data.CATEGORIES)
     meta = export.read_metadata(artifacts / "model.onnx")
     assert meta["training_data_sha256"] == metrics["dataset_sha256"]
+    # The confidence table of each view, in metrics.json and in the model's metadata alike.
+    table = metrics["confidence"]
+    assert set(table) == {"title_only", "title_and_tags"}
+    for view in table.values():
+        assert [row["threshold"] for row in view["thresholds"]] == list(confidence.THRESHOLDS)
+        assert 0.0 <= view["ece"] <= 1.0
+    assert json.loads(meta[CONFIDENCE_KEY]) == table
 
 
 @pytest.mark.slow
