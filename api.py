@@ -7,9 +7,10 @@ stop, 2 bad settings, 3 unusable model or port, 1 a worker died.
 
 from __future__ import annotations
 
+import os
 import sys
 
-from service.settings import Settings, SettingsError
+from service.settings import METRICS_DIR_VARIABLE, Settings, SettingsError
 from service.signals import defer_stop_signals
 
 EXIT_BAD_SETTINGS = 2
@@ -33,6 +34,9 @@ def main() -> int:
 
     if settings.workers > 1:
         return Supervisor(settings).run()
+    # One process: its own in-memory metrics are exact, and no file is needed (this must
+    # happen before prometheus_client is imported, which reads the variable).
+    os.environ.pop(METRICS_DIR_VARIABLE, None)
     from service.logs import configure
     from service.server import StartupError, run_worker
 

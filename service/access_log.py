@@ -1,4 +1,8 @@
-"""The optional sampled access log (ACCESS_LOG), as JSON lines through service.logs."""
+"""The optional sampled access log (ACCESS_LOG), as JSON lines through service.logs.
+
+aiohttp writes it once the response is sent, after the middleware that sets the log
+context (service.logs.REQUEST) has returned: the request id and trace id come from the
+request itself, where that middleware also put them (service.app)."""
 
 from __future__ import annotations
 
@@ -9,6 +13,8 @@ from typing import Type
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
+from service.tracing import REQUEST_ID_KEY, TRACE_ID_KEY
+
 ACCESS_LOGGER = "categorizer.access"
 
 
@@ -18,17 +24,19 @@ class _SampledAccessLogger(AbstractAccessLogger):
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time_taken: float) -> None:
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
-        self.logger.info(
-            "access",
-            extra={
-                "method": request.method,
-                "path": request.path,
-                "status": response.status,
-                "duration_ms": round(time_taken * 1000, 3),
-                "bytes": response.body_length,
-                "remote": request.remote,
-            },
-        )
+        extra = {
+            "method": request.method,
+            "path": request.path,
+            "status": response.status,
+            "duration_ms": round(time_taken * 1000, 3),
+            "bytes": response.body_length,
+            "remote": request.remote,
+            "request_id": request.get(REQUEST_ID_KEY),
+        }
+        trace_id = request.get(TRACE_ID_KEY)
+        if trace_id is not None:
+            extra["trace_id"] = trace_id
+        self.logger.info("access", extra=extra)
 
 
 def access_logger_class(sample_rate: float) -> Type[AbstractAccessLogger]:

@@ -80,6 +80,16 @@ class Categorizer:
         if len(got) != 1 or got[0] not in self.labels:
             raise ModelError(f"model {path!r} answered {got!r}, not one of its labels")
 
+    def metadata(self) -> Dict[str, str]:
+        """The file's metadata, as written at export: labels, feature_spec, metrics,
+        training_data_sha256, confidence (a file from before the confidence table has
+        none), each a string, most of them JSON."""
+        return dict(self._session.get_modelmeta().custom_metadata_map)
+
+    def input_types(self) -> Dict[str, str]:
+        """Each graph input's ONNX type, by name: {"title": "tensor(string)", ...}."""
+        return {i.name: i.type for i in self._session.get_inputs()}
+
 
 def _fixed_width(texts: Sequence[str]) -> np.ndarray:
     # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for

@@ -15,7 +15,9 @@ _ENCODER = msgspec.json.Encoder()
 
 
 class Problem(msgspec.Struct, omit_defaults=True):
-    """RFC 9457 problem details, the body of every error response."""
+    """RFC 9457 problem details, the body of every error response. `request_id` (an
+    extension member) is the X-Request-ID of the request, so that a client can quote it
+    and an operator find the log lines about it."""
 
     type: str
     title: str
@@ -23,6 +25,7 @@ class Problem(msgspec.Struct, omit_defaults=True):
     detail: str
     instance: str
     field: Optional[str] = None
+    request_id: Optional[str] = None
 
 
 # Not an IANA status: nginx's convention for "the client went away first".
@@ -92,8 +95,8 @@ class ApiError(Exception):
         return cls(413, "Content Too Large", f"body: larger than the limit of {limit} bytes", "body")
 
 
-def problem_response(error: ApiError, instance: str) -> web.Response:
-    body = Problem(PROBLEM_TYPE, error.title, error.status, error.detail, instance, error.field)
+def problem_response(error: ApiError, instance: str, request_id: Optional[str] = None) -> web.Response:
+    body = Problem(PROBLEM_TYPE, error.title, error.status, error.detail, instance, error.field, request_id)
     headers = {"Content-Type": PROBLEM_CONTENT_TYPE, **error.headers}
     return web.Response(status=error.status, body=_ENCODER.encode(body), headers=headers)
 

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import List, Union
+from typing import Dict, List, Sequence, Union
 
 import msgspec
+import numpy as np
 from aiohttp import hdrs, web
 
 from service.errors import ApiError
-from service.scheduler import Scheduler, Ticket
-from service.schema import CategorizeResponse
+from service.scheduler import Prediction, Scheduler, Ticket
+from service.schema import INCLUDE, INCLUDE_PROBABILITIES, CategorizeResponse
 from service.state import STATE, State
+from service.tracing import MODEL_SECONDS_KEY
 
 # Refused bodies are read and dropped (_discard_body) this many at a time per worker;
 # a refused request waits at most this long for its turn.
@@ -30,16 +32,44 @@ _JSON_HEADERS = {"Content-Type": "application/json"}
 async def categorize(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
-        categories = await _categorize(request, state)
+        with_probabilities = _wants_probabilities(request)
+        prediction = await _categorize(request, state)
     except ApiError as error:
-        if error.status in _REFUSED_BEFORE_THE_BODY:
+        if error.status in _REFUSED_BEFORE_THE_BODY or error.field == INCLUDE:
             await _discard_body(request, state)
         raise
-    state.metrics.observe_predictions(categories)
-    return web.Response(body=_ENCODER.encode(CategorizeResponse(categories)), headers=_JSON_HEADERS)
+    categories, probabilities, seconds = prediction
+    state.metrics.observe_predictions(categories, probabilities)
+    if seconds:
+        request[MODEL_SECONDS_KEY] = seconds  # for Server-Timing (service.app)
+    answer = CategorizeResponse(
+        categories, _per_label(state.model.labels, probabilities) if with_probabilities else None
+    )
+    return web.Response(body=_ENCODER.encode(answer), headers=_JSON_HEADERS)
 
 
-async def _categorize(request: web.Request, state: State) -> List[str]:
+def _wants_probabilities(request: web.Request) -> bool:
+    """?include=probabilities (once or repeated); any other value is a 400 naming `include`."""
+    if not request.query_string:  # the usual request: no query to parse
+        return False
+    values = request.query.getall(INCLUDE, [])
+    for value in values:
+        if value != INCLUDE_PROBABILITIES:
+            detail = f"unknown value {value!r}; the one accepted is {INCLUDE_PROBABILITIES!r}"
+            raise ApiError.invalid(INCLUDE, detail)
+    return bool(values)
+
+
+def _per_label(labels: Sequence[str], probabilities: np.ndarray) -> List[Dict[str, float]]:
+    # The graph's float32 values, widened exactly to float64: a client that reads them as
+    # float32 gets the model's output bit for bit.
+    return [dict(zip(labels, row)) for row in probabilities.tolist()]
+
+
+_NO_PROBABILITIES = np.zeros((0, 0), dtype=np.float32)
+
+
+async def _categorize(request: web.Request, state: State) -> Prediction:
     limit = state.settings.max_body_bytes
     # Content-Length says it up front: refuse without reading.
     if request.content_length is not None and request.content_length > limit:
@@ -55,7 +85,7 @@ async def _categorize(request: web.Request, state: State) -> List[str]:
         batch = state.decoder.decode(body)
         del body  # the decoded strings are what waits for the model, not the bytes too
         if not batch.titles:  # nothing to run
-            return []
+            return Prediction([], _NO_PROBABILITIES, 0.0)
         return await scheduler.categorize(
             ticket, batch.titles, batch.tags, batch.chars, lambda: request.transport is None
         )
@@ -149,3 +179,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def openapi(request: web.Request) -> web.Response:
     return web.Response(body=request.app[STATE].openapi, headers=_JSON_HEADERS)
+
+
+async def model(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[STATE].model_card, headers=_JSON_HEADERS)

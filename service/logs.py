@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Dict
+from contextvars import ContextVar
+from typing import Any, Dict, Optional, Tuple
 
 import msgspec
 
@@ -17,6 +18,10 @@ log = logging.getLogger("categorizer")
 # LogRecord attributes that are not `extra=` fields.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 _ENCODER = msgspec.json.Encoder()
+# The request being handled, (request id, W3C trace id or None), set by the app's
+# middleware: every line logged while it is handled carries both. The access log line,
+# written after the handler, takes them from the request itself (service/access_log.py).
+REQUEST: ContextVar[Optional[Tuple[str, Optional[str]]]] = ContextVar("request", default=None)
 
 
 class JsonFormatter(logging.Formatter):
@@ -29,6 +34,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        request = REQUEST.get()
+        if request is not None:
+            line["request_id"] = request[0]
+            if request[1] is not None:
+                line["trace_id"] = request[1]
         for key, value in record.__dict__.items():
             if key not in _STANDARD:
                 line[key] = value

@@ -1,17 +1,24 @@
-"""Prometheus metrics of one worker process.
+"""Prometheus metrics of the service, exact whichever worker answers the scrape.
 
-Each worker has its own registry: with WORKERS > 1 a scrape of /metrics is answered
-by whichever worker the kernel hands the connection to, so it sees that worker only.
-Sum over scrapes with care, or scrape with WORKERS=1 per container.
+With WORKERS > 1 a scrape of /metrics reaches whichever worker the kernel hands the
+connection to. So workers run prometheus-client's multiprocess mode: every counter and
+histogram lives in a file of its worker's, in the directory PROMETHEUS_MULTIPROC_DIR that
+the supervisor creates (service/supervisor.py), and the worker that answers a scrape
+sums them all. Gauges are written to those files at most GAUGE_REFRESH_SECONDS late
+(every write costs, and they change several times a request), and each has a mode
+saying how the workers' values combine. With WORKERS=1 the worker's own registry is
+exact, in memory.
 """
 
 from __future__ import annotations
 
 from collections import Counter as Tally
-from typing import Callable, Dict, Iterable, Tuple
+from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Seconds; most requests take well under a millisecond of service time, the tail
@@ -22,59 +29,95 @@ PRODUCT_BUCKETS = (0, 1, 2, 5, 10, 50, 100, 500, 1000, 5000, 10000)
 QUEUE_WAIT_BUCKETS = (0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Why a request was refused with 503 (service/scheduler.py): fixed, so the series are too.
 REFUSAL_REASONS = ("pending_bytes", "queue_time", "queue_expired", "shutting_down")
+# The top probability of each prediction, in buckets bounded by the thresholds of the
+# model's confidence table (categorizer/confidence.py), so that a dashboard reads the
+# share of traffic over each threshold as the table gives it on validation. No more:
+# each bucket a request fills is one more write per category.
+TOP_PROBABILITY_BUCKETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+# Requests of up to this many products observe the top probabilities one by one; larger
+# ones count them per category and bucket with numpy first (observe_grouped), which costs
+# a fixed few microseconds but not one histogram write per product.
+OBSERVE_ONE_BY_ONE = 16
+# Multiprocess mode: how much later than the truth the other workers' gauges may be.
+GAUGE_REFRESH_SECONDS = 1.0
+# How a gauge's values in the workers combine (prometheus-client's multiprocess modes).
+GaugeMode = Literal["livesum", "livemax"]
 
 
 class Metrics:
     content_type = CONTENT_TYPE
 
-    def __init__(self, labels: Iterable[str]) -> None:
+    def __init__(self, labels: Iterable[str], multiprocess: bool = False) -> None:
+        """`multiprocess`: one of several workers (prometheus-client's multiprocess mode,
+        PROMETHEUS_MULTIPROC_DIR set before prometheus_client was imported)."""
+        labels = tuple(labels)
         self.registry = CollectorRegistry(auto_describe=True)
+        self.multiprocess = multiprocess
+        own: Optional[CollectorRegistry] = self.registry
+        if multiprocess:
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call] # all workers' files
+            own = None  # this worker's metrics go to its files, read through the collector
         self._requests = Counter(
             "categorizer_http_requests",
             "HTTP requests by route and status.",
             ["route", "status"],
-            registry=self.registry,
+            registry=own,
         )
         self._latency = Histogram(
             "categorizer_http_request_duration_seconds",
             "Time from handler start to response, by route.",
             ["route"],
             buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self._products = Histogram(
             "categorizer_products_per_request",
             "Products in each successful categorize request.",
             buckets=PRODUCT_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
         self._predictions = Counter(
             "categorizer_predictions",
             "Products categorized, by predicted category.",
             ["category"],
-            registry=self.registry,
+            registry=own,
+        )
+        self._top_probability = Histogram(
+            "categorizer_top_probability",
+            "Top probability of each prediction, by predicted category.",
+            ["category"],
+            buckets=TOP_PROBABILITY_BUCKETS,
+            registry=own,
         )
         self._refused = Counter(
             "categorizer_refused_requests",
             "Categorize requests answered 503 by admission control, by reason.",
             ["reason"],
-            registry=self.registry,
+            registry=own,
         )
         self._refused_by = {reason: self._refused.labels(reason) for reason in REFUSAL_REASONS}
         self._abandoned = Counter(
             "categorizer_abandoned_requests",
             "Requests dropped before their model call because the client had left.",
-            registry=self.registry,
+            registry=own,
         )
         self._queue_wait = Histogram(
             "categorizer_queue_wait_seconds",
             "Time from a request's arrival in the model queue to its model call.",
             buckets=QUEUE_WAIT_BUCKETS,
-            registry=self.registry,
+            registry=own,
         )
+        self._own = own
         # Children resolved once: labels() costs a lock and a dict lookup per call.
         self._per_category = {label: self._predictions.labels(label) for label in labels}
+        # The top-probability histogram of each category, and each category's position.
+        self._top: List[Histogram] = []
+        self._top_index: Dict[str, int] = {}
+        for label in labels:
+            self._top_child(label)
         self._children: Dict[Tuple[str, int], Tuple[Counter, Histogram]] = {}
+        # Multiprocess mode: the gauges to write to this worker's files before a scrape.
+        self._gauges: List[Tuple[Gauge, Callable[[], float]]] = []
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         children = self._children.get((route, status))
@@ -86,14 +129,36 @@ class Metrics:
         children[0].inc()
         children[1].observe(seconds)
 
-    def observe_predictions(self, categories: Iterable[str]) -> None:
+    def observe_predictions(self, categories: Sequence[str], probabilities: np.ndarray) -> None:
+        """One request's predictions: a category per product, and the model's
+        probabilities (a row per product) whose top value each histogram counts."""
         counts = Tally(categories)
-        self._products.observe(sum(counts.values()))
+        self._products.observe(len(categories))
         for category, count in counts.items():
             child = self._per_category.get(category)
             if child is None:  # not in the model's metadata: still count it, visibly
                 child = self._per_category[category] = self._predictions.labels(category)
             child.inc(count)
+        if not categories:
+            return
+        if len(categories) <= OBSERVE_ONE_BY_ONE:
+            # Plain Python: numpy's reductions cost more than they save on a few rows.
+            for category, row in zip(categories, probabilities.tolist()):
+                self._top[self._top_child(category)].observe(max(row))
+            return
+        for category in counts:
+            self._top_child(category)
+        groups = np.fromiter(map(self._top_index.__getitem__, categories), np.intp, len(categories))
+        observe_grouped(self._top, groups, probabilities.max(axis=1))
+
+    def _top_child(self, category: str) -> int:
+        """The category's position in self._top, created on first sight (as for the
+        counter, a category missing from the model's metadata is still counted)."""
+        position = self._top_index.get(category)
+        if position is None:
+            position = self._top_index[category] = len(self._top)
+            self._top.append(self._top_probability.labels(category))
+        return position
 
     def observe_refused(self, reason: str) -> None:
         self._refused_by[reason].inc()
@@ -104,9 +169,47 @@ class Metrics:
     def observe_queue_wait(self, seconds: float) -> None:
         self._queue_wait.observe(seconds)
 
-    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
-        """A gauge read at scrape time: nothing to update on the request path."""
-        Gauge(name, documentation, registry=self.registry).set_function(read)
+    def gauge(
+        self, name: str, documentation: str, read: Callable[[], float], mode: GaugeMode = "livesum"
+    ) -> None:
+        """A gauge read at scrape time: nothing to update on the request path. `mode`
+        says how the workers' values combine in multiprocess mode: `livesum` (the
+        service's total) or `livemax` (the busiest worker's); a worker that has died
+        no longer counts (the supervisor removes its file)."""
+        gauge = Gauge(name, documentation, registry=self._own, multiprocess_mode=mode)
+        if self.multiprocess:
+            # set_function would only be seen by this worker's own scrapes.
+            gauge.set(read())
+            self._gauges.append((gauge, read))
+        else:
+            gauge.set_function(read)
+
+    def refresh_gauges(self) -> None:
+        """Multiprocess mode: writes this worker's gauges to its file, for the scrapes
+        other workers answer (the app calls this every GAUGE_REFRESH_SECONDS)."""
+        for gauge, read in self._gauges:
+            gauge.set(read())
 
     def render(self) -> bytes:
+        self.refresh_gauges()  # this worker's gauges are exact; the others' a moment old
         return generate_latest(self.registry)
+
+
+def observe_grouped(histograms: Sequence[Histogram], groups: np.ndarray, values: np.ndarray) -> None:
+    """histograms[g].observe(v) for every (g, v) of `groups` and `values`, with one write
+    per bucket that gets values rather than one per value. prometheus-client has no call
+    for this: it adds to each histogram's bucket and sum values (`_buckets`, `_sum`, and
+    the bounds `_upper_bounds`: the layout of every release since 0.4, which
+    tests/test_metrics.py checks against observe). A bucket counts the values <= its
+    upper bound and > the bound before it, as observe does. The histograms share bounds."""
+    bounds = histograms[0]._upper_bounds
+    width = len(bounds)
+    bucket = np.searchsorted(bounds, values, side="left")
+    counts = np.bincount(groups * width + bucket, minlength=len(histograms) * width).reshape(-1, width)
+    sums = np.bincount(groups, weights=values.astype(np.float64), minlength=len(histograms)).tolist()
+    for histogram, per_bucket, total in zip(histograms, counts.tolist(), sums):
+        if any(per_bucket):
+            for value, count in zip(histogram._buckets, per_bucket):
+                if count:
+                    value.inc(count)
+            histogram._sum.inc(total)

@@ -35,8 +35,11 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import Callable, Deque, List, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
+from typing import Callable, Deque, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
 
+import numpy as np
+
+from service.categorizer import INPUT_TAGS, INPUT_TITLE
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -61,7 +64,19 @@ TRIM_DELAY_SECONDS = 1.0
 class Model(Protocol):
     """What the scheduler needs of service.categorizer.Categorizer."""
 
-    def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]: ...
+    def predict_with_probabilities(
+        self, texts: Mapping[str, Sequence[str]]
+    ) -> Tuple[List[str], np.ndarray]: ...
+
+
+class Prediction(NamedTuple):
+    """One request's answer: a category per product, the model's probabilities (a row
+    per product, a column per label), and the seconds of the model call that computed
+    them (shared with the other requests of a batched call)."""
+
+    categories: List[str]
+    probabilities: np.ndarray
+    seconds: float
 
 
 class _Abandoned:
@@ -69,8 +84,8 @@ class _Abandoned:
 
 
 _ABANDONED = _Abandoned()
-# One request's categories, the exception its products alone raised, or _ABANDONED.
-Outcome = Union[List[str], BaseException, _Abandoned]
+# One request's prediction, the exception its products alone raised, or _ABANDONED.
+Outcome = Union[Prediction, BaseException, _Abandoned]
 
 
 class CostModel:
@@ -117,7 +132,7 @@ class _Job(NamedTuple):
     tags: List[str]
     chars: int
     gone: Callable[[], bool]  # whether the client has left
-    future: asyncio.Future[List[str]]
+    future: asyncio.Future[Prediction]
     queued_at: float
 
 
@@ -244,9 +259,9 @@ class Scheduler:
 
     async def categorize(
         self, ticket: Ticket, titles: List[str], tags: List[str], chars: int, gone: Callable[[], bool]
-    ) -> List[str]:
-        """The categories of an admitted request's products, in order. `gone()` tells
-        whether its client has left; ApiError(503 or 499) when it is not run."""
+    ) -> Prediction:
+        """The categories and probabilities of an admitted request's products, in order.
+        `gone()` tells whether its client has left; ApiError(503 or 499) when it is not run."""
         if self._closed and self._queued_seconds() >= self._keep_seconds:
             # Admitted before the drain ended, its body read only after: it runs if it
             # would start within the grace, like the queue it joins.
@@ -259,7 +274,7 @@ class Scheduler:
             self.calls += 1
             self.requests += 1
             return self._timed_call(titles, tags, chars)
-        future: asyncio.Future[List[str]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
         self._queue.append(_Job(ticket, titles, tags, chars, gone, future, self._clock()))
         self._schedule_flush()
         return await future
@@ -367,7 +382,7 @@ class Scheduler:
         return ApiError.overloaded("the server is shutting down", self.retry_after())
 
     def _run(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
-        """Each job's categories, its own exception or _ABANDONED (its client left while
+        """Each job's prediction, its own exception or _ABANDONED (its client left while
         the call waited on the thread), and the seconds the call took. Runs on the loop
         or the model thread."""
         live = [job for job in jobs if not job.gone()]
@@ -390,24 +405,27 @@ class Scheduler:
             if len(jobs) == 1:
                 return [exc], 0.0
             return [self._alone(job) for job in jobs], 0.0
-        return _split(merged, [len(t) for t in titles]), seconds
+        return _split(merged, [len(t) for t in titles], seconds), seconds
 
-    def _timed_call(self, titles: List[str], tags: List[str], chars: int) -> List[str]:
+    def _timed_call(self, titles: List[str], tags: List[str], chars: int) -> Prediction:
         start = time.perf_counter()
-        categories = predict_in_sub_batches(self._model, titles, tags)
-        self.cost.observe(chars, time.perf_counter() - start)
-        return categories
+        categories, probabilities = predict_in_sub_batches(self._model, titles, tags)
+        seconds = time.perf_counter() - start
+        self.cost.observe(chars, seconds)
+        return Prediction(categories, probabilities, seconds)
 
     def _call(
         self, titles: List[List[str]], tags: List[List[str]], gone: Optional[Callable[[], bool]]
-    ) -> List[str]:
+    ) -> Tuple[List[str], np.ndarray]:
         flat_titles = [title for group in titles for title in group]
         flat_tags = [tag for group in tags for tag in group]
         return predict_in_sub_batches(self._model, flat_titles, flat_tags, gone)
 
     def _alone(self, job: _Job) -> Outcome:
         try:
-            return predict_in_sub_batches(self._model, job.titles, job.tags)
+            start = time.perf_counter()
+            categories, probabilities = predict_in_sub_batches(self._model, job.titles, job.tags)
+            return Prediction(categories, probabilities, time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - handed to this job's caller, who re-raises it
             return exc
 
@@ -466,27 +484,36 @@ class _ClientLeft(Exception):
 
 def predict_in_sub_batches(
     model: Model, titles: List[str], tags: List[str], gone: Optional[Callable[[], bool]] = None
-) -> List[str]:
-    """One category per title, in order; big inputs in sub-batches sorted by length,
-    given up between two of them (_ClientLeft) once `gone()` says the client left."""
+) -> Tuple[List[str], np.ndarray]:
+    """One category and one row of probabilities per title, in order; big inputs in
+    sub-batches sorted by length, given up between two of them (_ClientLeft) once
+    `gone()` says the client left."""
     if len(titles) <= SUB_BATCH_ROWS:
-        return model.predict(titles, tags) if titles else []
+        return model.predict_with_probabilities({INPUT_TITLE: titles, INPUT_TAGS: tags})
     order = sorted(range(len(titles)), key=lambda i: len(titles[i]) + len(tags[i]))
     categories = [""] * len(titles)
+    probabilities: Optional[np.ndarray] = None
     for start in range(0, len(order), SUB_BATCH_ROWS):
         if gone is not None and gone():
             raise _ClientLeft
         rows = order[start : start + SUB_BATCH_ROWS]
-        batch = model.predict([titles[i] for i in rows], [tags[i] for i in rows])
+        texts = {INPUT_TITLE: [titles[i] for i in rows], INPUT_TAGS: [tags[i] for i in rows]}
+        batch, batch_probabilities = model.predict_with_probabilities(texts)
+        if probabilities is None:
+            probabilities = np.empty((len(titles), batch_probabilities.shape[1]), batch_probabilities.dtype)
+        probabilities[rows] = batch_probabilities
         for i, category in zip(rows, batch):
             categories[i] = category
-    return categories
+    assert probabilities is not None  # more than SUB_BATCH_ROWS titles: at least one sub-batch
+    return categories, probabilities
 
 
-def _split(merged: List[str], sizes: List[int]) -> List[Outcome]:
+def _split(merged: Tuple[List[str], np.ndarray], sizes: List[int], seconds: float) -> List[Outcome]:
+    categories, probabilities = merged
     results: List[Outcome] = []
     start = 0
     for size in sizes:
-        results.append(merged[start : start + size])
-        start += size
+        end = start + size
+        results.append(Prediction(categories[start:end], probabilities[start:end], seconds))
+        start = end
     return results

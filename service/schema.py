@@ -14,7 +14,15 @@ import msgspec
 from msgspec import Meta
 
 from service.errors import ApiError, Problem
+from service.model_card import ModelCard
 from service.settings import Settings
+from service.tracing import (
+    MAX_REQUEST_ID_CHARS,
+    MODEL_VERSION_HEADER,
+    REQUEST_ID_HEADER,
+    SERVER_TIMING_HEADER,
+    TRACEPARENT_HEADER,
+)
 
 # A lone UTF-16 surrogate escape; msgspec refuses them (onnxruntime could not encode
 # them anyway), this only finds which field held one for the error message.
@@ -32,8 +40,24 @@ class Batch(NamedTuple):
     chars: int  # characters of all titles and tags: the cost of running the batch
 
 
-class CategorizeResponse(msgspec.Struct):
+# The query parameter that adds to a categorize response, and the one value it takes.
+INCLUDE = "include"
+INCLUDE_PROBABILITIES = "probabilities"
+
+
+class CategorizeResponse(msgspec.Struct, omit_defaults=True):
     categories: List[str]
+    # Only with ?include=probabilities: left out otherwise, so that the default answer
+    # stays exactly {"categories": [...]}.
+    probabilities: Annotated[
+        Optional[List[Dict[str, float]]],
+        Meta(
+            description=(
+                "With ?include=probabilities only: per product, in request order, every "
+                "label's probability (the model's float32 output, widened exactly)."
+            )
+        ),
+    ] = None
 
 
 def request_type(settings: Settings) -> Type[msgspec.Struct]:
@@ -133,45 +157,65 @@ def _surrogate_field(body: Union[bytes, bytearray]) -> Optional[str]:
 
 def openapi_document(settings: Settings) -> Dict[str, Any]:
     """OpenAPI 3.1 description of the service, generated from the same Structs."""
-    (request_ref, response_ref, problem_ref), components = msgspec.json.schema_components(
-        [request_type(settings), CategorizeResponse, Problem], ref_template="#/components/schemas/{name}"
+    (request_ref, response_ref, problem_ref, model_ref), components = msgspec.json.schema_components(
+        [request_type(settings), CategorizeResponse, Problem, ModelCard],
+        ref_template="#/components/schemas/{name}",
     )
     problem = {"application/problem+json": {"schema": problem_ref}}
 
     def plain(description: str, media: str = "text/plain") -> Dict[str, Any]:
         return {"description": description, "content": {media: {"schema": {"type": "string"}}}}
 
+    def answer(description: str, content: Dict[str, Any], **headers: Any) -> Dict[str, Any]:
+        return {"description": description, "headers": {**_ANSWER_HEADERS, **headers}, "content": content}
+
     categorize = {
         "summary": "Category of each product, in request order.",
+        "parameters": [_INCLUDE_PARAMETER, *_REQUEST_HEADERS],
         "requestBody": {"required": True, "content": {"application/json": {"schema": request_ref}}},
         "responses": {
-            "200": {
-                "description": "One category per product, same order and length.",
-                "content": {"application/json": {"schema": response_ref}},
-            },
-            "400": {"description": "Invalid body; `field` names the offending field.", "content": problem},
-            "408": {
-                "description": f"Body not received within {settings.body_timeout_seconds:g} s.",
-                "content": problem,
-            },
-            "413": {"description": f"Body over {settings.max_body_bytes} bytes.", "content": problem},
-            "415": {"description": "A Content-Encoding other than identity.", "content": problem},
-            "500": {"description": "Server bug (logged); generic message.", "content": problem},
-            "503": {
-                "description": (
+            "200": answer(
+                "One category per product, same order and length; with ?include=probabilities, "
+                "every label's probability per product too.",
+                {"application/json": {"schema": response_ref}},
+                **{SERVER_TIMING_HEADER: _SERVER_TIMING},
+            ),
+            "400": answer(
+                "Invalid body or query; `field` names the offending field (`include` for an "
+                "unknown include value).",
+                problem,
+            ),
+            "408": answer(f"Body not received within {settings.body_timeout_seconds:g} s.", problem),
+            "413": answer(f"Body over {settings.max_body_bytes} bytes.", problem),
+            "415": answer("A Content-Encoding other than identity.", problem),
+            "500": answer("Server bug (logged); generic message.", problem),
+            "503": answer(
+                (
                     "Busy (admission control: the request would wait longer than "
                     f"{settings.max_queue_seconds:g} s, or its body does not fit the pending "
                     "budget) or shutting down; retry after `Retry-After` seconds, on this "
                     "server or another."
                 ),
-                "headers": {
+                problem,
+                **{
                     "Retry-After": {
                         "description": "Seconds until the work queued now is done.",
+                        "required": True,
                         "schema": {"type": "integer", "minimum": 1},
                     }
                 },
-                "content": problem,
-            },
+            ),
+        },
+    }
+    model = {
+        "summary": "The model this server runs: version, labels, inputs, metrics, confidence table.",
+        "parameters": list(_REQUEST_HEADERS),
+        "responses": {
+            "200": answer(
+                "Read from the model file at start-up. Keys the file lacks are left out: "
+                "`confidence` is only in files exported since the confidence table exists.",
+                {"application/json": {"schema": model_ref}},
+            )
         },
     }
     ready = {
@@ -191,6 +235,7 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
         },
         "paths": {
             "/v1/categorize": {"post": categorize},
+            "/v1/model": {"get": model},
             "/healthz": {"get": {"summary": "Process alive.", "responses": {"200": plain("Alive.")}}},
             "/readyz": {"get": {"summary": "Ready for traffic.", "responses": ready}},
             "/metrics": {"get": {"summary": "Prometheus metrics.", "responses": {"200": plain("Metrics.")}}},
@@ -208,3 +253,56 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
         },
         "components": {"schemas": components},
     }
+
+
+_INCLUDE_PARAMETER = {
+    "name": INCLUDE,
+    "in": "query",
+    "required": False,
+    "description": (
+        "`probabilities` adds `probabilities` to the answer; any other value is a 400 "
+        'naming `include`. Without it the answer is exactly {"categories": [...]}.'
+    ),
+    "schema": {"type": "string", "enum": [INCLUDE_PROBABILITIES]},
+}
+_REQUEST_HEADERS = (
+    {
+        "name": REQUEST_ID_HEADER,
+        "in": "header",
+        "required": False,
+        "description": (
+            f"Echoed in the answer and logged; 1 to {MAX_REQUEST_ID_CHARS} printable ASCII "
+            "characters, anything else is replaced by a generated id."
+        ),
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": MAX_REQUEST_ID_CHARS,
+            "pattern": "^[ -~]*$",
+        },
+    },
+    {
+        "name": TRACEPARENT_HEADER,
+        "in": "header",
+        "required": False,
+        "description": "W3C Trace Context; its trace id is logged. An invalid one is ignored.",
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"},
+    },
+)
+_ANSWER_HEADERS = {
+    REQUEST_ID_HEADER: {
+        "description": "The request's X-Request-ID, or the one generated for it; also in problem bodies.",
+        "required": True,
+        "schema": {"type": "string", "minLength": 1, "maxLength": MAX_REQUEST_ID_CHARS},
+    },
+    MODEL_VERSION_HEADER: {
+        "description": "The loaded model file: the first 12 hex digits of its SHA-256 (GET /v1/model).",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[0-9a-f]{12}$"},
+    },
+}
+_SERVER_TIMING = {
+    "description": "`model;dur=MS, total;dur=MS`: the model call and the time in the service.",
+    "required": True,
+    "schema": {"type": "string"},
+}

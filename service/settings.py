@@ -32,6 +32,8 @@ DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_QUEUE_SECONDS = 5.0
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# prometheus-client reads this variable in each worker (service/supervisor.py sets it).
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 T = TypeVar("T")
 
@@ -91,6 +93,11 @@ class Settings:
     # Admission: longest a request may wait for the model (estimated on arrival, checked
     # again before its model call); a request that would wait longer gets 503.
     max_queue_seconds: float = DEFAULT_MAX_QUEUE_SECONDS
+    # With WORKERS > 1: the directory where the workers keep their metrics, so that any
+    # of them answers /metrics for all (prometheus-client's multiprocess mode; the name
+    # is that library's). Created if missing, emptied of metric files at start and at
+    # exit; "" = a private directory in the temporary directory, removed at exit.
+    metrics_dir: str = ""
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -121,6 +128,7 @@ class Settings:
             max_queue_seconds=_read(
                 e, "MAX_QUEUE_SECONDS", _float_between(0.001, 3600), cls.max_queue_seconds
             ),
+            metrics_dir=_read(e, METRICS_DIR_VARIABLE, _as_is, cls.metrics_dir),
         )
 
 

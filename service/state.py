@@ -24,6 +24,7 @@ class State:
     decoder: RequestDecoder
     metrics: Metrics
     openapi: bytes  # encoded once: the document depends on the settings only
+    model_card: bytes  # GET /v1/model, encoded once: it depends on the model file only
     # Admission, queue, batching and where each model call runs.
     scheduler: Scheduler
     # Bounds how many refused bodies this worker reads and drops at once (handlers).

@@ -12,6 +12,10 @@
   restart loop inside the container.
 - A worker that cannot start (model, port) reports its one-line error; the parent
   prints it once and exits with EXIT_STARTUP.
+- The workers share their metrics through files in one directory (prometheus-client's
+  multiprocess mode, service/metrics.py): the parent creates it, or empties the one
+  METRICS_DIR names, before the workers start, tells them where it is through the
+  environment, drops a dead worker's gauges, and removes the files at exit.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ import logging
 import multiprocessing
 import multiprocessing.connection as mpc
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from multiprocessing.process import BaseProcess
-from typing import Any, Dict, List, Optional, Set
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Set
 
 from service.logs import configure, log_serving
-from service.settings import Settings
+from service.settings import METRICS_DIR_VARIABLE, Settings
 from service.signals import STOP_SIGNALS, accept_stop_signals, defer_stop_signals
 
 log = logging.getLogger("categorizer")
@@ -65,9 +72,22 @@ class Supervisor:
         self.ready: Dict[int, str] = {}  # pids that reported READY: the model version each loaded
         self.stopping = False
         self.exit_code = 0
+        self.metrics_dir = ""  # where the workers keep their metrics, once created
 
     def run(self) -> int:
         configure(self.settings.log_level)
+        with contextlib.ExitStack() as stack:
+            try:
+                self.metrics_dir = stack.enter_context(metrics_directory(self.settings.metrics_dir))
+            except OSError as exc:
+                where = self.settings.metrics_dir or tempfile.gettempdir()
+                print(f"error: cannot use {where!r} for the workers' metrics: {exc}", file=sys.stderr)
+                return EXIT_STARTUP
+            # Before the workers start: prometheus-client reads it when they import it.
+            os.environ[METRICS_DIR_VARIABLE] = self.metrics_dir
+            return self._run()
+
+    def _run(self) -> int:
         wake_r, wake_w = socket.socketpair()
         wake_r.setblocking(False)
         wake_w.setblocking(False)
@@ -143,6 +163,11 @@ class Supervisor:
 
     def _on_exit(self, process: BaseProcess) -> None:
         process.join()
+        if process.pid is not None:
+            # Its gauges no longer count; its counters and histograms still do.
+            from prometheus_client.multiprocess import mark_process_dead  # here: the parent stays light
+
+            mark_process_dead(process.pid, self.metrics_dir)  # type: ignore[no-untyped-call]
         # Its last message (a start-up error) may not have been read yet.
         for conn in [c for c, p in self.pipes.items() if p is process]:
             while conn in self.pipes and conn.poll():
@@ -176,3 +201,30 @@ class Supervisor:
 
 def _now() -> float:
     return time.monotonic()
+
+
+@contextlib.contextmanager
+def metrics_directory(configured: str) -> Iterator[str]:
+    """The workers' metrics directory: `configured` (created if missing) or a new private
+    one. Its metric files are removed at the start, so that a previous run's counts are
+    not added to this one's, and at the end, with the directory if it was created here."""
+    if configured:
+        path = Path(configured)
+        created = not path.exists()
+        path.mkdir(parents=True, exist_ok=True)
+    else:
+        path = Path(tempfile.mkdtemp(prefix="categorizer-metrics-"))
+        created = True
+    try:
+        _remove_metric_files(path)
+        yield str(path)
+    finally:
+        if created:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_metric_files(path)
+
+
+def _remove_metric_files(path: Path) -> None:
+    for file in path.glob("*.db"):  # prometheus-client's files, one per kind per worker
+        file.unlink(missing_ok=True)

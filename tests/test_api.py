@@ -7,18 +7,26 @@ import dataclasses
 import gzip
 import io
 import json
+import logging
+import re
 from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
 
 import msgspec
+import numpy as np
+import onnxruntime as ort
 import pytest
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
+from service.access_log import access_logger, access_logger_class
 from service.app import create_app
 from service.categorizer import Categorizer
+from service.identity import model_version
+from service.logs import JsonFormatter
 from service.settings import DEFAULT_MAX_PRODUCTS, Settings
 from service.state import STATE
 
@@ -254,10 +262,10 @@ async def test_unexpected_error_is_500_problem_without_details(
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    def broken(titles: Any, tags: Any) -> List[str]:
+    def broken(texts: Any) -> Any:
         raise RuntimeError("secret internal state")
 
-    monkeypatch.setattr(client.app[STATE].model, "predict", broken)
+    monkeypatch.setattr(client.app[STATE].model, "predict_with_probabilities", broken)
     response = await post(client, {"products": [{"title": "Caneca"}]})
     problem = await assert_problem(response, 500, None)
     assert "secret" not in await response.text()
@@ -324,10 +332,10 @@ async def test_tags_change_nothing_structurally(
 
 
 async def test_empty_list_skips_the_model(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
-    def must_not_run(titles: Any, tags: Any) -> List[str]:
+    def must_not_run(texts: Any) -> Any:
         raise AssertionError("the model ran on an empty batch")
 
-    monkeypatch.setattr(client.app[STATE].model, "predict", must_not_run)
+    monkeypatch.setattr(client.app[STATE].model, "predict_with_probabilities", must_not_run)
     response = await post(client, {"products": []})
     assert response.status == 200
     assert response.content_type == "application/json"
@@ -373,6 +381,29 @@ async def test_metrics_count_requests_and_predictions(client: Client, model_labe
     assert "categorizer_http_request_duration_seconds_bucket" in text
 
 
+async def test_metrics_count_top_probabilities_per_category(
+    client: Client, model_labels: Tuple[str, ...]
+) -> None:
+    titles = ["Caneca personalizada", "Body de bebê", "Colar de prata", "Convite de casamento", "Caneca azul"]
+    body = await (
+        await post_to(client, f"{URL}?include=probabilities", {"products": [{"title": t} for t in titles]})
+    ).json()
+    families = {
+        f.name: f for f in text_string_to_metric_families(await (await client.get("/metrics")).text())
+    }
+    samples = families["categorizer_top_probability"].samples
+    for label in model_labels:
+        tops = [max(p.values()) for c, p in zip(body["categories"], body["probabilities"]) if c == label]
+        mine = {
+            s.labels["le"]: s.value
+            for s in samples
+            if s.name.endswith("_bucket") and s.labels["category"] == label
+        }
+        assert mine.keys() >= {"0.5", "0.9", "0.99", "+Inf"}
+        for bound, count in mine.items():
+            assert count == sum(top <= float(bound) for top in tops), (label, bound)
+
+
 async def test_openapi_document_describes_the_schema(client: Client, settings: Settings) -> None:
     response = await client.get("/openapi.json")
     assert response.status == 200
@@ -388,6 +419,236 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert "404" in doc["info"]["description"]
     assert "405" in doc["info"]["description"]
+
+
+# --- Probabilities (?include=probabilities) ---------------------------------------------------
+
+
+async def post_to(
+    client: Client, path: str, body: Any, headers: Optional[Dict[str, str]] = None
+) -> ClientResponse:
+    return await client.post(path, data=json.dumps(body).encode(), headers=headers or {})
+
+
+async def test_the_default_answer_is_unchanged_byte_for_byte(client: Client) -> None:
+    response = await post(client, {"products": [{"title": "Caneca"}, {"title": "Body de bebê"}]})
+    body = await response.read()
+    categories = json.loads(body)["categories"]
+    assert (
+        body
+        == b'{"categories":'
+        + json.dumps(categories, ensure_ascii=False, separators=(",", ":")).encode()
+        + b"}"
+    )
+
+
+@pytest.mark.parametrize("count", [3, 1000])
+async def test_probabilities_are_the_models_own_output_per_label(
+    client: Client,
+    model_path: str,
+    model_labels: Tuple[str, ...],
+    test_products: List[Dict[str, str]],
+    count: int,
+) -> None:
+    # 1,000 products: sub-batches sorted by length, so each row must find its way back.
+    rows = [test_products[(i * 7) % len(test_products)] for i in range(count)]
+    titles = [r["title"] + " ." * (i % 5) for i, r in enumerate(rows)]
+    tags = [r["concatenated_tags"] if i % 2 else "" for i, r in enumerate(rows)]
+    products = [{"title": t, "concatenated_tags": g} for t, g in zip(titles, tags)]
+    response = await post_to(client, f"{URL}?include=probabilities", {"products": products})
+    assert response.status == 200, await response.text()
+    body = await response.json()
+    assert list(body) == ["categories", "probabilities"]
+    # onnxruntime on a session of its own, one row at a time: nothing is recomputed.
+    direct = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    for title, tag, category, answer in zip(titles, tags, body["categories"], body["probabilities"]):
+        feeds = {"title": np.array([title], dtype=object), "concatenated_tags": np.array([tag], dtype=object)}
+        [label], [row] = direct.run(["label", "probabilities"], feeds)
+        assert list(answer) == list(model_labels)  # every label, in the model's order
+        assert category == label == max(answer, key=answer.__getitem__)
+        # float32 values sent exactly: read back as float32, they are the graph's own
+        # (to within the graph's batch-to-row difference, 1e-7 at most).
+        np.testing.assert_allclose(np.array(list(answer.values()), dtype=np.float32), row, rtol=0, atol=1e-6)
+    assert len(body["probabilities"]) == count
+
+
+async def test_probabilities_of_no_products(client: Client) -> None:
+    response = await post_to(client, f"{URL}?include=probabilities", {"products": []})
+    assert await response.json() == {"categories": [], "probabilities": []}
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "include=probability",
+        "include=",
+        "include=probabilities,categories",
+        "include=probabilities&include=x",
+    ],
+)
+async def test_an_unknown_include_is_a_400_naming_it(
+    client: Client, model_labels: Tuple[str, ...], query: str
+) -> None:
+    response = await post_to(client, f"{URL}?{query}", {"products": [{"title": "Caneca"}]})
+    problem = await assert_problem(response, 400, "include")
+    assert "probabilities" in problem["detail"]
+    await assert_still_serves(client, model_labels)
+
+
+async def test_include_may_be_repeated_and_other_parameters_are_ignored(client: Client) -> None:
+    query = "include=probabilities&include=probabilities&page=2"
+    body = await (await post_to(client, f"{URL}?{query}", {"products": [{"title": "Caneca"}]})).json()
+    assert len(body["probabilities"]) == 1
+
+
+# --- Identity and tracing headers -------------------------------------------------------------
+
+
+async def test_every_categorize_answer_names_the_model(client: Client, model_path: str) -> None:
+    version = model_version(model_path)
+    answers = [
+        await post(client, {"products": [{"title": "Caneca"}]}),
+        await post(client, {"products": [{"title": " "}]}),
+        await post_to(client, f"{URL}?include=x", {"products": []}),
+        await client.post(URL, data=b"x" * 100, headers={"Content-Length": str(10**9)}),
+    ]
+    assert [r.status for r in answers] == [200, 400, 400, 413]
+    assert {r.headers["X-Model-Version"] for r in answers} == {version}
+    assert len(version) == 12
+
+
+async def test_a_request_id_is_echoed_or_generated(client: Client) -> None:
+    sent = "order-42/retry 1"
+    echoed = await client.post(URL, json={"products": [{"title": "Caneca"}]}, headers={"X-Request-ID": sent})
+    assert echoed.headers["X-Request-ID"] == sent
+    generated = {
+        (await client.post(URL, json={"products": [{"title": "Caneca"}]})).headers["X-Request-ID"]
+        for _ in range(3)
+    }
+    assert len(generated) == 3
+    assert all(re.fullmatch("[0-9a-f]{32}", rid) for rid in generated)
+    assert (await client.get("/healthz", headers={"X-Request-ID": sent})).headers["X-Request-ID"] == sent
+
+
+@pytest.mark.parametrize("sent", ["x" * 129, "tab\there", "", "caf\u00e9"])
+async def test_a_request_id_that_is_not_1_to_128_printable_ascii_is_replaced(
+    client: Client, sent: str
+) -> None:
+    response = await client.post(
+        URL,
+        json={"products": [{"title": "Caneca"}]},
+        headers={"X-Request-ID": sent.encode().decode("latin-1")},
+    )
+    assert re.fullmatch("[0-9a-f]{32}", response.headers["X-Request-ID"])
+
+
+async def test_a_request_id_of_128_printable_characters_is_kept(client: Client) -> None:
+    sent = "".join(chr(32 + i % 95) for i in range(128)).strip() + "~"
+    response = await client.post(URL, json={"products": []}, headers={"X-Request-ID": sent})
+    assert response.headers["X-Request-ID"] == sent
+
+
+async def test_problems_carry_the_request_id(client: Client) -> None:
+    response = await client.post(URL, data=b"{", headers={"X-Request-ID": "abc-123"})
+    problem = await assert_problem(response, 400, "body")
+    assert problem["request_id"] == response.headers["X-Request-ID"] == "abc-123"
+    missing = await assert_problem(await client.get("/nowhere"), 404, None)
+    assert re.fullmatch("[0-9a-f]{32}", missing["request_id"])
+
+
+async def test_server_timing_gives_the_model_time_and_the_total(client: Client) -> None:
+    response = await post(client, {"products": [{"title": "Caneca"}]})
+    timing = re.fullmatch(
+        r"model;dur=(\d+\.\d{3}), total;dur=(\d+\.\d{3})", response.headers["Server-Timing"]
+    )
+    assert timing is not None, response.headers["Server-Timing"]
+    model_ms, total_ms = map(float, timing.groups())
+    assert 0 < model_ms <= total_ms
+    # No model call, no model time.
+    for answer in (await post(client, {"products": []}), await client.get("/healthz")):
+        assert re.fullmatch(r"total;dur=\d+\.\d{3}", answer.headers["Server-Timing"])
+
+
+@pytest.fixture
+def json_log() -> Iterator[io.StringIO]:
+    """The service's JSON log lines (service.logs), as production writes them."""
+    lines = io.StringIO()
+    handler = logging.StreamHandler(lines)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("categorizer")  # the access log's parent too
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield lines
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+async def test_log_lines_about_a_request_carry_its_ids(
+    client: Client, monkeypatch: pytest.MonkeyPatch, json_log: io.StringIO
+) -> None:
+    def broken(texts: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(client.app[STATE].model, "predict_with_probabilities", broken)
+    headers = {"X-Request-ID": "req-7", "traceparent": TRACEPARENT}
+    response = await client.post(URL, json={"products": [{"title": "Caneca"}]}, headers=headers)
+    assert response.status == 500
+    [line] = [json.loads(text) for text in json_log.getvalue().splitlines()]
+    assert line["message"].startswith("unhandled error")
+    assert (line["request_id"], line["trace_id"]) == ("req-7", "4bf92f3577b34da6a3ce929d0e0e4736")
+    await client.get("/healthz")  # a line logged about no request carries no id
+    logging.getLogger("categorizer").warning("not about a request")
+    assert "request_id" not in json.loads(json_log.getvalue().splitlines()[-1])
+
+
+async def test_the_access_log_line_carries_the_ids(settings: Settings, json_log: io.StringIO) -> None:
+    server = TestServer(create_app(settings))
+    # As service.server runs it with ACCESS_LOG=on (TestServer's own arguments stop short).
+    await server.start_server(access_log=access_logger(), access_log_class=access_logger_class(1.0))
+    async with TestClient(server) as logged:
+        headers = {"X-Request-ID": "req-8", "traceparent": TRACEPARENT}
+        await logged.post(URL, json={"products": []}, headers=headers)
+        await logged.get("/healthz")
+    lines = [json.loads(text) for text in json_log.getvalue().splitlines()]
+    access = [line for line in lines if line["message"] == "access"]
+    assert [a["path"] for a in access] == ["/v1/categorize", "/healthz"]
+    assert (access[0]["request_id"], access[0]["trace_id"]) == ("req-8", "4bf92f3577b34da6a3ce929d0e0e4736")
+    assert re.fullmatch("[0-9a-f]{32}", access[1]["request_id"])
+    assert "trace_id" not in access[1]
+
+
+# --- The model card (GET /v1/model) ------------------------------------------------------------
+
+
+async def test_the_model_card_describes_the_loaded_file(
+    client: Client, model_path: str, model_labels: Tuple[str, ...]
+) -> None:
+    response = await client.get("/v1/model")
+    assert response.status == 200
+    card = await response.json()
+    meta = (
+        ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+        .get_modelmeta()
+        .custom_metadata_map
+    )
+    assert card["version"] == model_version(model_path) == response.headers["X-Model-Version"]
+    assert card["labels"] == list(model_labels)
+    assert card["inputs"] == [
+        {"name": "title", "type": "tensor(string)", "optional": False},
+        {"name": "concatenated_tags", "type": "tensor(string)", "optional": True},
+    ]
+    assert card["feature_spec_format_version"] == json.loads(meta["feature_spec"])["format_version"]
+    assert card["training_data_sha256"] == meta["training_data_sha256"]
+    assert card["metrics"] == json.loads(meta["metrics"])
+    # The confidence table is in the card exactly when the file has one (an older
+    # file has none: the card leaves it out; tests/test_model_card.py has both).
+    assert ("confidence" in card) == ("confidence" in meta)
 
 
 # --- Fuzzing: nothing a client sends gets a 5xx ---------------------------------------------

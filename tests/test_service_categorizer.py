@@ -31,9 +31,14 @@ def test_sub_batches_keep_each_row_in_place(model: Categorizer, test_products: L
     rows = [test_products[(i * 37) % len(test_products)] for i in range(SUB_BATCH_ROWS * 2 + 17)]
     titles = [r["title"] + " !" * (i % 11) for i, r in enumerate(rows)]
     tags = [r["concatenated_tags"] for r in rows]
-    alone = [model.predict([t], [g])[0] for t, g in zip(titles, tags)]
-    assert predict_in_sub_batches(model, titles, tags) == alone
-    assert len(set(alone)) > 1, "all rows got one category: the order check would be vacuous"
+    alone = [
+        model.predict_with_probabilities({"title": [t], "concatenated_tags": [g]})
+        for t, g in zip(titles, tags)
+    ]
+    categories, probabilities = predict_in_sub_batches(model, titles, tags)
+    assert categories == [labels[0] for labels, _ in alone]
+    np.testing.assert_allclose(probabilities, np.concatenate([rows for _, rows in alone]), rtol=0, atol=1e-6)
+    assert len(set(categories)) > 1, "all rows got one category: the order check would be vacuous"
 
 
 def test_missing_model_is_a_model_error(tmp_path: Path) -> None:

@@ -8,10 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List
+from typing import Dict, Iterator, List, Tuple
 
 import aiohttp
 import pytest
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procs
 from service.identity import model_version
@@ -124,14 +127,20 @@ async def test_a_second_instance_on_the_same_port_is_refused(launcher: Launcher,
 
 @pytest.mark.parametrize("workers", ["1", "2"])
 async def test_one_start_up_line_gives_the_url_the_workers_and_the_model(
-    launcher: Launcher, workers: str
+    launcher: Launcher, workers: str, tmp_path: Path
 ) -> None:
-    proc = launcher.spawn(WORKERS=workers, DRAIN_SECONDS="0", LOG_LEVEL="INFO")
+    metrics_dir = tmp_path / "metrics"
+    proc = launcher.spawn(
+        WORKERS=workers, DRAIN_SECONDS="0", LOG_LEVEL="INFO", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir)
+    )
     await wait_ready(proc, launcher.base)
     await wait_listeners(proc, launcher.port, int(workers))
+    # Several workers share their metrics there; one needs no file (the variable is ignored).
+    assert metrics_dir.is_dir() == (workers == "2")
     await asyncio.sleep(0.2)  # the supervisor logs once every worker has said it is ready
     proc.send_signal(signal.SIGTERM)
     await wait_exit(proc)
+    assert not metrics_dir.exists()  # created by the service, removed at exit
     _, stderr = proc.communicate()
     serving = [r for r in log_records(stderr) if r["message"] == "serving"]
     assert len(serving) == 1, stderr
@@ -182,6 +191,106 @@ async def test_sigterm_drains_without_losing_requests(launcher: Launcher, worker
     assert set(statuses) == {200}
     assert code == 0, stderr
     assert "Traceback" not in stderr
+
+
+# --- Metrics across workers ---------------------------------------------------------------
+
+CATEGORIZE_200 = ("categorizer_http_requests_total", {"route": "/v1/categorize", "status": "200"})
+SCRAPES = ("categorizer_http_requests_total", {"route": "/metrics", "status": "200"})
+
+
+def samples(text: str, name: str) -> List[Tuple[Dict[str, str], float]]:
+    """(labels, value) of each sample called `name` in a Prometheus text page."""
+    return [
+        (found.labels, float(found.value))
+        for family in text_string_to_metric_families(text)
+        for found in family.samples
+        if found.name == name
+    ]
+
+
+def sample(text: str, name: str, labels: Dict[str, str]) -> float:
+    return sum(value for found, value in samples(text, name) if found == labels)
+
+
+def per_worker(metrics_dir: Path, name: str, labels: Dict[str, str]) -> List[float]:
+    """A counter sample's value in each worker's own file."""
+    values = []
+    for file in sorted(metrics_dir.glob("counter_*.db")):
+        found = [s for f in MultiProcessCollector.merge([str(file)]) for s in f.samples if s.name == name]  # type: ignore[no-untyped-call]
+        values.append(sum(s.value for s in found if s.labels == labels))
+    return values
+
+
+async def scrape(session: aiohttp.ClientSession, base: str) -> str:
+    async with session.get(f"{base}/metrics") as response:
+        assert response.status == 200
+        return await response.text()
+
+
+async def test_every_scrape_counts_every_worker(launcher: Launcher, tmp_path: Path) -> None:
+    # Issue 14: after 300 requests, eight scrapes said 153 or 151, whichever worker answered.
+    proc = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0", TMPDIR=str(tmp_path))
+    await wait_ready(proc, launcher.base)
+    await wait_listeners(proc, launcher.port, 2)
+    [metrics_dir] = tmp_path.glob("categorizer-metrics-*")  # the service's own, in TMPDIR
+    sent = 300
+    body = {"products": [{"title": "Caneca personalizada"}]}
+    # A connection per request, so that the kernel spreads them over both workers.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+        for _ in range(sent // 20):
+            posts = [session.post(f"{launcher.base}/v1/categorize", json=body) for _ in range(20)]
+            for response in await asyncio.gather(*posts):
+                assert response.status == 200
+                response.release()
+        scrapes: List[str] = []
+        # The issue's eight scrapes, and more until each worker has answered two of them.
+        while len(scrapes) < 8 or min(per_worker(metrics_dir, *SCRAPES)) < 2:
+            assert len(scrapes) < 60, "one worker answered every scrape"
+            scrapes.append(await scrape(session, launcher.base))
+    served = per_worker(metrics_dir, *CATEGORIZE_200)
+    assert len(served) == 2, served
+    assert min(served) > 0, served  # both workers served requests
+    for text in scrapes:
+        assert sample(text, *CATEGORIZE_200) == sent
+        assert sample(text, "categorizer_products_per_request_count", {}) == sent
+        assert sum(value for _, value in samples(text, "categorizer_predictions_total")) == sent
+        assert sum(value for _, value in samples(text, "categorizer_top_probability_count")) == sent
+        # A gauge is one series for the service, not one per worker.
+        assert [labels for labels, _ in samples(text, "categorizer_pending_requests")] == [{}]
+    proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(proc) == 0
+    assert not metrics_dir.exists()
+
+
+async def test_a_metrics_directory_is_emptied_at_start_and_at_exit(
+    launcher: Launcher, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # A previous run's file, as if a worker had answered 1,000 requests; and another file.
+    stale = MmapedDict(str(metrics_dir / "counter_99999.db"))  # type: ignore[no-untyped-call]
+    name, labels = CATEGORIZE_200
+    key = mmap_key(
+        name[: -len("_total")],
+        name,
+        list(labels),
+        list(labels.values()),
+        "HTTP requests by route and status.",
+    )
+    stale.write_value(key, 1000.0, 0.0)  # type: ignore[no-untyped-call]
+    stale.close()  # type: ignore[no-untyped-call]
+    (metrics_dir / "notes.txt").write_text("not the service's")
+    proc = launcher.spawn(WORKERS="2", DRAIN_SECONDS="0", PROMETHEUS_MULTIPROC_DIR=str(metrics_dir))
+    await wait_ready(proc, launcher.base)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):
+            async with session.post(f"{launcher.base}/v1/categorize", json={"products": []}) as response:
+                assert response.status == 200
+        assert sample(await scrape(session, launcher.base), *CATEGORIZE_200) == 3
+    proc.send_signal(signal.SIGTERM)
+    assert await wait_exit(proc) == 0
+    assert [p.name for p in metrics_dir.iterdir()] == ["notes.txt"]  # the directory was the operator's
 
 
 async def test_worker_death_stops_the_service_nonzero(launcher: Launcher) -> None:

@@ -8,9 +8,10 @@ import dataclasses
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import AsyncIterator, Awaitable, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -18,7 +19,7 @@ from service import scheduler as scheduling
 from service.app import create_app
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.scheduler import CostModel, Scheduler
+from service.scheduler import CostModel, Prediction, Scheduler
 from service.settings import Settings
 from service.state import STATE, State
 from tests.conftest import AiohttpClient
@@ -28,8 +29,9 @@ MAX_ROWS = 64
 
 
 class FakeModel:
-    """Upper-cases each title; fails on a title "boom"; records every call and its thread.
-    With `gate` set, each call waits for it (so a test can hold the model busy)."""
+    """Upper-cases each title, and gives it a row of "probabilities" of its own
+    (fake_row); fails on a title "boom"; records every call and its thread. With `gate`
+    set, each call waits for it (so a test can hold the model busy)."""
 
     def __init__(self, gate: Optional[threading.Event] = None) -> None:
         self.calls: List[Tuple[List[str], str]] = []
@@ -37,7 +39,8 @@ class FakeModel:
         self.running = 0
         self.most_running = 0
 
-    def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]:
+    def predict_with_probabilities(self, texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
+        titles, tags = texts["title"], texts["concatenated_tags"]
         assert len(titles) == len(tags)
         self.running += 1
         self.most_running = max(self.most_running, self.running)
@@ -47,9 +50,14 @@ class FakeModel:
                 assert self.gate.wait(10), "test gate never opened"
             if "boom" in titles:
                 raise ValueError("boom in the batch")
-            return [t.upper() + g for t, g in zip(titles, tags)]
+            rows = np.array([fake_row(t) for t in titles], dtype=np.float32).reshape(len(titles), 2)
+            return [t.upper() + g for t, g in zip(titles, tags)], rows
         finally:
             self.running -= 1
+
+
+def fake_row(title: str) -> List[float]:
+    return [float(len(title)), float(sum(map(ord, title)) % 1000)]
 
 
 class Clock:
@@ -95,12 +103,24 @@ def make(
 def submit(
     scheduler: Scheduler, *titles: str, nbytes: int = 100, gone: Callable[[], bool] = lambda: False
 ) -> asyncio.Future[List[str]]:
-    """Admits and runs one request, releasing its ticket when done, as the handler does."""
+    """Admits and runs one request, releasing its ticket when done, as the handler does;
+    its categories."""
+    return asyncio.ensure_future(_categories(predict(scheduler, *titles, nbytes=nbytes, gone=gone)))
+
+
+async def _categories(prediction: Awaitable[Prediction]) -> List[str]:
+    return (await prediction).categories
+
+
+def predict(
+    scheduler: Scheduler, *titles: str, nbytes: int = 100, gone: Callable[[], bool] = lambda: False
+) -> asyncio.Future[Prediction]:
+    """As submit, but the whole prediction."""
     items = list(titles)
     ticket = scheduler.admit(nbytes)
     scheduler.grow(ticket, nbytes)  # the whole body arrived
 
-    async def run() -> List[str]:
+    async def run() -> Prediction:
         try:
             return await scheduler.categorize(ticket, items, [""] * len(items), sum(map(len, items)), gone)
         finally:
@@ -140,7 +160,7 @@ async def test_a_big_request_on_an_idle_worker_runs_in_the_handler(executor: Thr
     coroutine = scheduler.categorize(ticket, ["a", "b", "c"], ["", "", ""], 3, lambda: False)
     with pytest.raises(StopIteration) as done:
         coroutine.send(None)
-    assert done.value.value == ["A", "B", "C"]
+    assert done.value.value.categories == ["A", "B", "C"]
     assert model.calls[0][1] == threading.current_thread().name
 
 
@@ -220,6 +240,32 @@ async def test_a_failing_request_fails_alone(executor: ThreadPoolExecutor) -> No
     assert results[0] == ["A"]
     assert isinstance(results[1], ValueError)
     assert results[2] == ["B", "C"]
+
+
+async def test_probabilities_follow_their_products(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, max_rows=8, inline_max_chars=0)
+    # Two small requests share one call; a big one runs in sub-batches sorted by length.
+    small = [predict(scheduler, "a", "bb"), predict(scheduler, "ccc")]
+    rows = [f"{i}" + "x" * (i % 13) for i in range(2 * scheduling.SUB_BATCH_ROWS + 5)]
+    big = predict(scheduler, *rows)
+    for titles, prediction in zip([["a", "bb"], ["ccc"], rows], await asyncio.gather(*small, big)):
+        assert prediction.categories == [t.upper() for t in titles]
+        assert prediction.probabilities.tolist() == [fake_row(t) for t in titles]
+    assert len(model.calls) == 1 + 3  # the shared call, then the big one's three sub-batches
+
+
+async def test_a_prediction_carries_the_time_of_its_model_call(executor: ThreadPoolExecutor) -> None:
+    gate = threading.Event()
+    scheduler, _ = make(FakeModel(gate), executor, inline_max_chars=0)
+    shared = [predict(scheduler, "a"), predict(scheduler, "b")]
+    await asyncio.sleep(0.05)  # the call waits on the gate meanwhile
+    gate.set()
+    first, second = await asyncio.gather(*shared)
+    assert first.seconds >= 0.04
+    assert second.seconds == first.seconds  # one call, shared
+    alone = await predict(make(FakeModel(), executor)[0], "c")
+    assert 0 < alone.seconds < first.seconds
 
 
 async def test_a_cancelled_request_is_left_out(executor: ThreadPoolExecutor) -> None:
@@ -478,13 +524,13 @@ async def test_a_client_that_leaves_while_queued_costs_no_model_call(
 
 async def _leave_while_queued(state: State, base: str) -> None:
     calls: List[int] = []
-    real_predict = state.model.predict
+    real_predict = state.model.predict_with_probabilities
 
-    def counting_predict(titles: Sequence[str], tags: Sequence[str]) -> List[str]:
-        calls.append(len(titles))
-        return real_predict(titles, tags)
+    def counting_predict(texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
+        calls.append(len(texts["title"]))
+        return real_predict(texts)
 
-    state.model.predict = counting_predict  # type: ignore[method-assign]
+    state.model.predict_with_probabilities = counting_predict  # type: ignore[method-assign]
     async with aiohttp.ClientSession() as session:
         # Two big requests occupy the model thread: one runs, the next waits ready ...
         big = {"products": [{"title": f"Caneca personalizada {i} " * 16} for i in range(2000)]}

@@ -41,6 +41,11 @@ def test_reads_every_variable() -> None:
     )
 
 
+def test_the_metrics_directory_is_prometheus_clients_variable() -> None:
+    assert Settings.from_env({}).metrics_dir == ""  # the supervisor makes a private one
+    assert Settings.from_env({"PROMETHEUS_MULTIPROC_DIR": "/run/metrics"}).metrics_dir == "/run/metrics"
+
+
 @pytest.mark.parametrize(("flag", "rate"), [("on", 1.0), ("off", 0.0), ("1", 1.0), ("0.01", 0.01)])
 def test_access_log_flag(flag: str, rate: float) -> None:
     assert Settings.from_env({"ACCESS_LOG": flag}).access_log_sample == rate
