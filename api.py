@@ -2,7 +2,7 @@
 
 WORKERS=1 serves in this process; more start a supervisor and that many worker
 processes sharing PORT (see service/supervisor.py). Exit codes: 0 after a graceful
-stop, 2 bad settings, 3 unusable model or port, 1 a worker died.
+stop, 2 bad settings, 3 unusable model, port or metrics directory, 1 a worker died.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from service.signals import STOP_SIGNALS, accept_stop_signals, defer_stop_signal
 
 log = logging.getLogger("categorizer")
 
-EXIT_STARTUP = 3  # the model or the port is unusable: fix the config, do not retry
+EXIT_STARTUP = 3  # the model, the port or the metrics directory is unusable: fix the config
 EXIT_WORKER_DIED = 1
 STARTED = "started"  # stop signals are held back from here on: safe to signal
 READY = "ready"
@@ -81,7 +81,8 @@ class Supervisor:
                 self.metrics_dir = stack.enter_context(metrics_directory(self.settings.metrics_dir))
             except OSError as exc:
                 where = self.settings.metrics_dir or tempfile.gettempdir()
-                print(f"error: cannot use {where!r} for the workers' metrics: {exc}", file=sys.stderr)
+                reason = exc.strerror or str(exc)
+                print(f"error: cannot use {where!r} for the workers' metrics: {reason}", file=sys.stderr)
                 return EXIT_STARTUP
             # Before the workers start: prometheus-client reads it when they import it.
             os.environ[METRICS_DIR_VARIABLE] = self.metrics_dir

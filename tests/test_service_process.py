@@ -89,6 +89,17 @@ def test_bad_setting_stops_startup(model_path: str, name: str, value: str) -> No
     assert_one_line_error(result, name, value)
 
 
+def test_an_unusable_metrics_directory_stops_startup(model_path: str, tmp_path: Path, free_port: int) -> None:
+    taken = tmp_path / "a-file"
+    taken.write_text("not a directory")
+    env = api_env(
+        MODEL_PATH=model_path, PORT=str(free_port), WORKERS="2", PROMETHEUS_MULTIPROC_DIR=str(taken)
+    )
+    result = run_api(env)
+    assert result.returncode == 3
+    assert_one_line_error(result, str(taken))
+
+
 def test_port_in_use_stops_startup(model_path: str) -> None:
     import socket
 
