@@ -51,6 +51,7 @@ FROM base AS serve
 COPY requirements/base.txt requirements/
 RUN pip install --no-cache-dir -r requirements/base.txt
 # Only what serving reads; files stay root-owned, so the service cannot change them.
+COPY runtime/ runtime/
 COPY service/ service/
 COPY api.py ./
 COPY artifacts/model.onnx artifacts/

@@ -11,8 +11,8 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from runtime.categorizer import Categorizer
 from service import handlers, memory
-from service.categorizer import Categorizer
 from service.errors import ApiError, from_http_exception, problem_response
 from service.metrics import Metrics
 from service.scheduler import Scheduler

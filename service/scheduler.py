@@ -59,7 +59,7 @@ TRIM_DELAY_SECONDS = 1.0
 
 
 class Model(Protocol):
-    """What the scheduler needs of service.categorizer.Categorizer."""
+    """What the scheduler needs of runtime.categorizer.Categorizer."""
 
     def predict(self, titles: Sequence[str], tags: Sequence[str]) -> List[str]: ...
 

@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
+from runtime.categorizer import Categorizer
 from service.app import create_app
-from service.categorizer import Categorizer
 from service.settings import DEFAULT_MAX_PRODUCTS, Settings
 from service.state import STATE
 

@@ -33,7 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 # What `python api.py` reads at run time, and nothing else.
-SERVING_SOURCES = {"requirements/base.txt", "service/", "api.py", "artifacts/model.onnx"}
+SERVING_SOURCES = {"requirements/base.txt", "runtime/", "service/", "api.py", "artifacts/model.onnx"}
 
 
 # --- A small Dockerfile reader ---------------------------------------------------------------
@@ -330,7 +330,7 @@ def test_serve_stage_copies_only_what_serving_needs(stages: List[Stage], serve: 
 def test_dependencies_install_in_their_own_layer_before_the_code(serve: Stage) -> None:
     install = serve.index("RUN", r"pip install .*-r requirements/base\.txt")
     assert serve.index("COPY", r"^requirements/base\.txt ") < install
-    for code in (r"^service/ ", r"^api\.py ", r"^artifacts/model\.onnx "):
+    for code in (r"^runtime/ ", r"^service/ ", r"^api\.py ", r"^artifacts/model\.onnx "):
         assert install < serve.index("COPY", code)
 
 

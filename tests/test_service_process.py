@@ -14,7 +14,7 @@ import aiohttp
 import pytest
 
 from bench import procs
-from service.identity import model_version
+from runtime.identity import model_version
 from tests.datasets import ROOT
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,

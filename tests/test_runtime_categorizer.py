@@ -7,7 +7,7 @@ from typing import Dict, List, Tuple
 
 import pytest
 
-from service.categorizer import Categorizer, ModelError
+from runtime.categorizer import Categorizer, ModelError
 from service.scheduler import SUB_BATCH_ROWS, predict_in_sub_batches
 
 

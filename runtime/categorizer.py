@@ -8,7 +8,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from service.identity import model_version
+from runtime.identity import model_version
 
 INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
@@ -25,7 +25,7 @@ class Categorizer:
     def __init__(self, session: ort.InferenceSession, labels: Tuple[str, ...], version: str = "") -> None:
         self._session = session
         self.labels = labels
-        self.version = version  # service.identity.model_version of the file loaded
+        self.version = version  # runtime.identity.model_version of the file loaded
 
     @classmethod
     def load(cls, path: str) -> Categorizer:
