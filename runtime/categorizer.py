@@ -1,9 +1,10 @@
-"""The ONNX model behind the API: load, check, warm up, predict. Knows no HTTP."""
+"""The ONNX model behind the API and the batch scorer: load, check, warm up, predict.
+Knows no HTTP and no file format."""
 
 from __future__ import annotations
 
 import json
-from typing import List, Sequence, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +14,7 @@ from runtime.identity import model_version
 INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
 OUTPUT_LABEL = "label"
+OUTPUT_PROBABILITIES = "probabilities"
 
 
 class ModelError(Exception):
@@ -20,12 +22,15 @@ class ModelError(Exception):
 
 
 class Categorizer:
-    """Predicts one category per (title, tags) pair with an onnxruntime session."""
+    """Predicts one category per product with an onnxruntime session."""
 
     def __init__(self, session: ort.InferenceSession, labels: Tuple[str, ...], version: str = "") -> None:
         self._session = session
         self.labels = labels
         self.version = version  # runtime.identity.model_version of the file loaded
+        # The graph's text inputs: title and tags today; a product field a newer model
+        # takes is optional, and a caller that lacks it sends "" (none), as for tags.
+        self.inputs: Tuple[str, ...] = tuple(i.name for i in session.get_inputs())
 
     @classmethod
     def load(cls, path: str) -> Categorizer:
@@ -45,14 +50,26 @@ class Categorizer:
         cut big inputs into sub-batches (service/scheduler.py)."""
         if not titles:
             return []  # nothing to run
-        # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
-        # Python 3.9 is 1.19) keeps a reference to every str of an object input,
-        # leaking all request text (microsoft/onnxruntime#22271). But onnxruntime
-        # reads each np.str_ element as a C string, so a NUL would end it there:
-        # NULs become the space the feature spec folds them to anyway.
-        feeds = {INPUT_TITLE: _fixed_width(titles), INPUT_TAGS: _fixed_width(tags)}
+        feeds = self._feeds({INPUT_TITLE: titles, INPUT_TAGS: tags}, len(titles))
         labels: List[str] = self._session.run([OUTPUT_LABEL], feeds)[0].tolist()
         return labels
+
+    def predict_with_probabilities(self, texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
+        """The categories and the graph's own `probabilities` output (float32, one row per
+        product, one column per label in `labels` order) of the products in `texts`: a
+        column of strings per model input, `title` required, "" for no value. A model
+        input missing from `texts` is "" for every product; other names are ignored.
+        One onnxruntime run: callers cut big inputs into sub-batches, as for predict."""
+        rows = len(texts[INPUT_TITLE])
+        if not rows:
+            return [], np.zeros((0, len(self.labels)), dtype=np.float32)
+        labels, probabilities = self._session.run(
+            [OUTPUT_LABEL, OUTPUT_PROBABILITIES], self._feeds(texts, rows)
+        )
+        return labels.tolist(), probabilities
+
+    def _feeds(self, texts: Mapping[str, Sequence[str]], rows: int) -> Dict[str, np.ndarray]:
+        return {name: _fixed_width(texts[name]) if name in texts else _none(rows) for name in self.inputs}
 
     def _warm_up(self, path: str) -> None:
         # The first run allocates buffers and is several times slower: pay it now,
@@ -66,7 +83,18 @@ class Categorizer:
 
 
 def _fixed_width(texts: Sequence[str]) -> np.ndarray:
+    # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
+    # Python 3.9 is 1.19) keeps a reference to every str of an object input,
+    # leaking all the text it was given (microsoft/onnxruntime#22271). But onnxruntime
+    # reads each np.str_ element as a C string, so a NUL would end it there:
+    # NULs become the space the feature spec folds them to anyway. Lone UTF-16
+    # surrogates never get here: the service refuses them (service/schema.py), and
+    # text decoded from Arrow or a file cannot hold them (it is valid UTF-8).
     return np.array([text.replace("\x00", " ") if "\x00" in text else text for text in texts], dtype=np.str_)
+
+
+def _none(rows: int) -> np.ndarray:
+    return np.zeros(rows, dtype="<U1")  # rows of "": the value for "none" of every text input
 
 
 def _session_options() -> ort.SessionOptions:
@@ -83,10 +111,10 @@ def _session_options() -> ort.SessionOptions:
 def _check_signature(session: ort.InferenceSession, path: str) -> None:
     inputs = {i.name for i in session.get_inputs()}
     outputs = {o.name for o in session.get_outputs()}
-    if not {INPUT_TITLE, INPUT_TAGS} <= inputs or OUTPUT_LABEL not in outputs:
+    if not {INPUT_TITLE, INPUT_TAGS} <= inputs or not {OUTPUT_LABEL, OUTPUT_PROBABILITIES} <= outputs:
         raise ModelError(
             f"model {path!r} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
-            f"inputs {INPUT_TITLE!r}, {INPUT_TAGS!r} and output {OUTPUT_LABEL!r}"
+            f"inputs {INPUT_TITLE!r}, {INPUT_TAGS!r} and outputs {OUTPUT_LABEL!r}, {OUTPUT_PROBABILITIES!r}"
         )
 
 

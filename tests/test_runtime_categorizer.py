@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+import numpy as np
+import onnxruntime as ort
 import pytest
 
 from runtime.categorizer import Categorizer, ModelError
@@ -55,3 +57,38 @@ def test_nul_characters_count_as_the_space_they_fold_to(model: Categorizer) -> N
     spaced = [t.replace("\x00", " ") for t in titles]
     assert model.predict(titles, tags) == model.predict(spaced, [t.replace("\x00", " ") for t in tags])
     assert model.predict(titles[:1], [""]) == model.predict(["Fralda de pano bebê kit"], [""])
+
+
+def test_probabilities_are_the_graphs_own_output(
+    model: Categorizer, model_path: str, test_products: List[Dict[str, str]]
+) -> None:
+    rows = test_products[:300]
+    titles = [r["title"] for r in rows]
+    tags = [r["concatenated_tags"] for r in rows]
+    labels, probabilities = model.predict_with_probabilities({"title": titles, "concatenated_tags": tags})
+    # onnxruntime run directly, on a session of its own, with the plainest inputs.
+    direct = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
+    feeds = {"title": np.array(titles, dtype=object), "concatenated_tags": np.array(tags, dtype=object)}
+    want_labels, want_probabilities = direct.run(["label", "probabilities"], feeds)
+    assert labels == want_labels.tolist() == model.predict(titles, tags)
+    assert probabilities.dtype == np.float32
+    assert probabilities.shape == (len(rows), len(model.labels))
+    np.testing.assert_allclose(probabilities, want_probabilities, rtol=0, atol=1e-6)
+    # The category's probability is the row's highest (the batch scorer's confidence).
+    chosen = probabilities[np.arange(len(rows)), [model.labels.index(label) for label in labels]]
+    np.testing.assert_array_equal(chosen, probabilities.max(axis=1))
+
+
+def test_model_inputs_missing_from_the_texts_are_none(model: Categorizer) -> None:
+    titles = ["Kit 10 sabonetes lembrancinha", "Colar de prata com pingente"]
+    alone = model.predict_with_probabilities({"title": titles, "not_a_model_input": ["x", "y"]})
+    blank = model.predict_with_probabilities({"title": titles, "concatenated_tags": ["", ""]})
+    assert alone[0] == blank[0]
+    np.testing.assert_array_equal(alone[1], blank[1])
+    assert {"title", "concatenated_tags"} <= set(model.inputs)
+
+
+def test_no_products_no_run(model: Categorizer) -> None:
+    labels, probabilities = model.predict_with_probabilities({"title": []})
+    assert labels == []
+    assert probabilities.shape == (0, len(model.labels))
