@@ -297,7 +297,7 @@ def pins_for(path: Path, python: str) -> Dict[str, List[str]]:
 
 
 @pytest.mark.parametrize("which", ["primary", "newest"])
-@pytest.mark.parametrize("target", ["serve", "train"])
+@pytest.mark.parametrize("target", ["serve", "train", "batch"])
 def test_each_python_ci_tests_gets_one_exact_pin_per_package(
     stages: List[Stage], target: str, which: str
 ) -> None:
