@@ -31,11 +31,14 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def format_of(path: str, role: str) -> str:
-    """ "csv" or "parquet", from the name (a directory of parts is Parquet)."""
+    """csv or parquet, from the name. A directory of parts is Parquet, and so is an
+    INPUT URL (s3a://bucket/catalogue/, for the spark engine) not named .csv."""
     lower = path.lower().rstrip("/")
     if lower.endswith(".csv"):
         return "csv"
-    if lower.endswith(PARQUET_SUFFIXES) or (role == "INPUT" and os.path.isdir(path)):
+    if lower.endswith(PARQUET_SUFFIXES):
+        return "parquet"
+    if role == "INPUT" and ("://" in path or os.path.isdir(path)):
         return "parquet"
     raise JobError(f"{role} {path}: unknown format; name it .csv or .parquet")
 

@@ -70,8 +70,8 @@ def score(model: Categorizer, inputs: pa.RecordBatch) -> Scored:
     """Scores the rows of `inputs` (the model's columns of a batch, title among them)."""
     others = {name: _texts(inputs.column(name), name) for name in inputs.schema.names}
     titles = others.pop(INPUT_TITLE)
+    blank = blank_rows(titles)
     kept = [i for i, title in enumerate(titles) if title and not title.isspace()]
-    blank = [i for i, title in enumerate(titles) if not title or title.isspace()]
     # The service's rule for tags, and for any other input: missing or blank is none.
     texts = {name: ["" if not t or t.isspace() else t for t in column] for name, column in others.items()}
     texts[INPUT_TITLE] = [title or "" for title in titles]
@@ -90,6 +90,16 @@ def score(model: Categorizer, inputs: pa.RecordBatch) -> Scored:
     missing = np.zeros(len(titles), dtype=bool)
     missing[blank] = True
     return Scored(pa.array(categories, pa.string()), pa.array(confidences, mask=missing), blank)
+
+
+def blank_rows(titles: Sequence[Optional[str]]) -> List[int]:
+    """Positions of the titles that are missing, empty or white space: not scored."""
+    return [i for i, title in enumerate(titles) if not title or title.isspace()]
+
+
+def blank_in(titles: pa.Array) -> List[int]:
+    """blank_rows of a title column."""
+    return blank_rows(_texts(titles, INPUT_TITLE))
 
 
 def _texts(column: pa.Array, name: str) -> List[Optional[str]]:

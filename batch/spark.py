@@ -25,7 +25,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 from pyspark import SparkFiles
@@ -37,7 +37,7 @@ from batch import scoring
 from batch.io import format_of
 from batch.job import BlankTitles, Job, JobError
 from batch.report import Summary
-from runtime.categorizer import Categorizer
+from runtime.categorizer import INPUT_TITLE, Categorizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # RFC 4180, as the local engine reads and writes it: quotes doubled (Spark's default
@@ -76,6 +76,11 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     context.addPyFile(_code_zip())
     frame = _read(spark, job.input)
     scoring.check_columns(frame.columns, job.input)
+    if job.strict:
+        # Before anything is written, wherever OUTPUT is: a pass over one column.
+        blank = _blank_titles(frame)
+        if blank:
+            raise BlankTitles(f"--strict: {blank:,} rows have a missing or blank title")
     rows: Accumulator[int] = context.accumulator(0)
     skipped: Accumulator[int] = context.accumulator(0)
     take = scoring.model_columns(frame.columns, inputs)
@@ -84,9 +89,6 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
     target = _temporary(job.output) if _is_local(job.output) else job.output
     _write(scored, target, format_of(job.output, "OUTPUT"))
-    if job.strict and skipped.value:
-        shutil.rmtree(target, ignore_errors=True)  # no OUTPUT; a URL's is left to its store
-        raise BlankTitles(f"--strict: {skipped.value:,} rows have a missing or blank title")
     if target != job.output:
         os.replace(target, job.output)
     return Summary(rows=rows.value, skipped=skipped.value)
@@ -97,8 +99,8 @@ def _score_batches(
     take: List[str],
     rows: Accumulator[int],
     skipped: Accumulator[int],
-    batches: Iterator[pa.RecordBatch],
-) -> Iterator[pa.RecordBatch]:
+    batches: Iterable[pa.RecordBatch],
+) -> Iterable[pa.RecordBatch]:
     """Runs in the executors' Python workers: one model per worker, kept across tasks."""
     model = scoring.model_for(SparkFiles.get(model_name))
     for batch in batches:
@@ -107,6 +109,17 @@ def _score_batches(
         rows.add(batch.num_rows)
         skipped.add(len(scored.blank))
         yield scoring.with_scores(batch, scored, schema)
+
+
+def _blank_titles(frame: DataFrame) -> int:
+    titles = frame.select(INPUT_TITLE)
+    # The blank rows themselves, counted by the JVM: collect() would leave a socket open.
+    return titles.mapInArrow(_blank_only, titles.schema).count()
+
+
+def _blank_only(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+    for batch in batches:  # scoring's own rule, so that both passes agree
+        yield batch.take(pa.array(scoring.blank_in(batch.column(0)), pa.int64()))
 
 
 def _read(spark: SparkSession, path: str) -> DataFrame:
