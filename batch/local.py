@@ -18,7 +18,7 @@ from typing import Callable, Deque, Iterator, List, Sequence, Tuple, TypeVar
 import pyarrow as pa
 
 from batch import scoring
-from batch.io import Input, Output
+from batch.io import Input, Output, use_jemalloc
 from batch.job import BlankTitles, Job
 from batch.report import Progress, Summary
 
@@ -35,6 +35,7 @@ def cpu_count() -> int:
 
 def run(job: Job, progress: Progress) -> Summary:
     started = time.perf_counter()
+    use_jemalloc()  # before the pool starts: its processes inherit the choice
     source = Input(job.input)
     scoring.check_columns(source.schema.names, job.input)
     schema = scoring.output_schema(source.schema)
