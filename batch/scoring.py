@@ -8,7 +8,7 @@ tags, and any other model input, are "" (none).
 
 from __future__ import annotations
 
-from typing import List, NamedTuple, Optional, Sequence
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pyarrow as pa
@@ -68,17 +68,12 @@ def with_scores(batch: pa.RecordBatch, scored: Scored, schema: pa.Schema) -> pa.
 
 def score(model: Categorizer, inputs: pa.RecordBatch) -> Scored:
     """Scores the rows of `inputs` (the model's columns of a batch, title among them)."""
-    others = {name: _texts(inputs.column(name), name) for name in inputs.schema.names}
-    titles = others.pop(INPUT_TITLE)
-    blank = blank_rows(titles)
-    kept = [i for i, title in enumerate(titles) if title and not title.isspace()]
-    # The service's rule for tags, and for any other input: missing or blank is none.
-    texts = {name: ["" if not t or t.isspace() else t for t in column] for name, column in others.items()}
-    texts[INPUT_TITLE] = [title or "" for title in titles]
+    texts, blank = _model_texts(inputs)
+    kept = [i for i, title in enumerate(texts[INPUT_TITLE]) if not _blank(title)]
     # Sub-batches of rows of similar length: the graph pads every string to the longest.
     kept.sort(key=lambda i: sum(len(column[i]) for column in texts.values()))
-    categories = [""] * len(titles)
-    confidences = np.zeros(len(titles), dtype=np.float32)
+    categories = [""] * inputs.num_rows
+    confidences = np.zeros(inputs.num_rows, dtype=np.float32)
     for start in range(0, len(kept), SUB_BATCH_ROWS):
         rows = kept[start : start + SUB_BATCH_ROWS]
         labels, probabilities = model.predict_with_probabilities(
@@ -87,14 +82,28 @@ def score(model: Categorizer, inputs: pa.RecordBatch) -> Scored:
         for i, label in zip(rows, labels):
             categories[i] = label
         confidences[rows] = probabilities.max(axis=1)
-    missing = np.zeros(len(titles), dtype=bool)
+    missing = np.zeros(inputs.num_rows, dtype=bool)
     missing[blank] = True
     return Scored(pa.array(categories, pa.string()), pa.array(confidences, mask=missing), blank)
 
 
+def _model_texts(inputs: pa.RecordBatch) -> Tuple[Dict[str, List[str]], List[int]]:
+    """Each column as the model takes it ("" for none), and the rows without a title.
+    The service's rule for tags, and for any other input: missing or blank is none."""
+    columns = {name: _texts(inputs.column(name), name) for name in inputs.schema.names}
+    texts = {
+        name: ["" if _blank(text) else text or "" for text in column] for name, column in columns.items()
+    }
+    return texts, blank_rows(columns[INPUT_TITLE])
+
+
+def _blank(text: Optional[str]) -> bool:
+    return not text or text.isspace()
+
+
 def blank_rows(titles: Sequence[Optional[str]]) -> List[int]:
     """Positions of the titles that are missing, empty or white space: not scored."""
-    return [i for i, title in enumerate(titles) if not title or title.isspace()]
+    return [i for i, title in enumerate(titles) if _blank(title)]
 
 
 def blank_in(titles: pa.Array) -> List[int]:

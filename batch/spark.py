@@ -30,12 +30,13 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 import pyarrow as pa
 from pyspark import SparkFiles
 from pyspark.accumulators import Accumulator
+from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
 from batch import scoring
-from batch.io import format_of
-from batch.job import BlankTitles, Job, JobError
+from batch.io import Input, format_of
+from batch.job import BlankTitles, Job, JobError, one_line
 from batch.report import Summary
 from runtime.categorizer import INPUT_TITLE, Categorizer
 
@@ -60,6 +61,8 @@ def run(job: Job) -> Summary:
     # The model is checked here, before Spark starts: a bad file fails in seconds.
     inputs = Categorizer.load(job.model).inputs
     _check_paths(job)
+    if _is_local(job.input):  # its header or footers, read here: a bad file fails before the JVM starts
+        scoring.check_columns(Input(job.input).schema.names, job.input)
     spark, owned = session(job.master)
     try:
         summary = _score(spark, job, inputs)
@@ -88,9 +91,13 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     fields = [StructField(scoring.CATEGORY, StringType()), StructField(scoring.CONFIDENCE, FloatType())]
     scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
     target = _temporary(job.output) if _is_local(job.output) else job.output
-    _write(scored, target, format_of(job.output, "OUTPUT"))
-    if target != job.output:
-        os.replace(target, job.output)
+    try:
+        _write(scored, target, format_of(job.output, "OUTPUT"))
+        if target != job.output:
+            os.replace(target, job.output)
+    finally:
+        if target != job.output and os.path.exists(target):  # a failed job's parts
+            shutil.rmtree(target)
     return Summary(rows=rows.value, skipped=skipped.value)
 
 
@@ -124,11 +131,16 @@ def _blank_only(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
 
 def _read(spark: SparkSession, path: str) -> DataFrame:
     parts = _parts(path)
-    if format_of(path, "INPUT") == "csv":
-        # Every column as text, and "" never null: what the local engine reads.
-        frames = [spark.read.options(**CSV_OPTIONS).csv(part).na.fill("") for part in parts]
-    else:
-        frames = [spark.read.parquet(part) for part in parts]
+    try:
+        if format_of(path, "INPUT") == "csv":
+            # Every column as text, and "" never null: what the local engine reads.
+            frames = [spark.read.options(**CSV_OPTIONS).csv(part).na.fill("") for part in parts]
+        else:
+            frames = [spark.read.parquet(part) for part in parts]
+    # A path that is not there, or not Parquet: found while Spark plans, before any job.
+    # A bad row found while the job runs fails the job, with Spark's own error.
+    except AnalysisException as exc:
+        raise JobError(f"cannot read INPUT {path}: {one_line(exc)}") from None
     return functools.reduce(DataFrame.union, frames)
 
 
@@ -180,8 +192,6 @@ def _check_java() -> None:
 def _check_paths(job: Job) -> None:
     format_of(job.input, "INPUT")
     format_of(job.output, "OUTPUT")
-    if _is_local(job.input) and not os.path.exists(job.input):
-        raise JobError(f"INPUT {job.input}: no such file or directory")
     if _is_local(job.output):
         if os.path.exists(job.output):
             raise JobError(f"OUTPUT {job.output}: exists; Spark writes a directory, remove it first")

@@ -133,6 +133,20 @@ def test_an_unusable_input_fails_with_one_line_and_no_output(
     assert leftovers(tmp_path) == []
 
 
+def test_a_title_that_is_not_utf8_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str
+) -> None:
+    # Parquet's footer gives a binary column; its text is decoded (and refused) by a scorer.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(pa.table({"title": pa.array([b"Caneca azul", b"Colar \xff prata"], pa.binary())}), source)
+    code, _, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "2")
+    assert code == 2
+    assert err.startswith("error: column 'title' is not text: ")
+    assert err.count("\n") == 1
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
 def test_a_model_that_does_not_load_fails_before_any_row(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table
 ) -> None:

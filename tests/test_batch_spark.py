@@ -12,21 +12,23 @@ from typing import Dict, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from pyspark.errors import PySparkException
+from pyspark.sql import SparkSession
 
 from batch import local
+from batch import spark as spark_engine
 from batch.job import BlankTitles, Job, JobError
 from batch.report import Progress
 from tests.batch_files import as_csv_text, assert_scored, catalogue, read, typed, write_csv
 from tests.datasets import skip_or_fail
 
-spark_engine = pytest.importorskip("batch.spark", reason="pyspark not installed (requirements/batch.txt)")
 pytestmark = pytest.mark.slow
 
 ROWS = 600
 
 
 @pytest.fixture(scope="module")
-def spark() -> Iterator[object]:
+def spark() -> Iterator[SparkSession]:
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         skip_or_fail("no Java for Spark: apt-get install -y openjdk-17-jre-headless (.ci/run does)")
     session, _ = spark_engine.session("local[2]")
@@ -40,7 +42,7 @@ def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
 
 
 def test_parquet_parts_give_the_local_engines_rows(
-    spark: object, tmp_path: Path, products_table: pa.Table, model_path: str
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
 ) -> None:
     table = typed(products_table)
     parts = tmp_path / "catalogue.parquet"
@@ -63,7 +65,9 @@ def test_parquet_parts_give_the_local_engines_rows(
     ]
 
 
-def test_csv_in_csv_out(spark: object, tmp_path: Path, products_table: pa.Table, model_path: str) -> None:
+def test_csv_in_csv_out(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
+) -> None:
     source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
     write_csv(products_table, source)
     spark_engine.run(Job(str(source), str(target), model_path))
@@ -78,7 +82,7 @@ def read_csv_parts(directory: Path) -> pa.Table:
 
 
 def test_strict_fails_and_writes_nothing(
-    spark: object, tmp_path: Path, products_table: pa.Table, model_path: str
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
 ) -> None:
     source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
     pq.write_table(products_table, source)
@@ -87,8 +91,19 @@ def test_strict_fails_and_writes_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
 
 
-def test_a_missing_title_column_fails_before_scoring(spark: object, tmp_path: Path, model_path: str) -> None:
+def test_a_missing_title_column_fails_before_scoring(
+    spark: SparkSession, tmp_path: Path, model_path: str
+) -> None:
     source = tmp_path / "catalogue.parquet"
     pq.write_table(pa.table({"name": ["Caneca"]}), source)
     with pytest.raises(JobError, match="has no 'title' column"):
         spark_engine.run(Job(str(source), str(tmp_path / "scored.parquet"), model_path))
+
+
+def test_a_job_that_fails_leaves_no_output(spark: SparkSession, tmp_path: Path, model_path: str) -> None:
+    # Its footer reads, and only the job finds the title that is not UTF-8.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(pa.table({"title": pa.array([b"Caneca azul", b"Colar \xff prata"], pa.binary())}), source)
+    with pytest.raises(PySparkException, match="is not text"):
+        spark_engine.run(Job(str(source), str(target), model_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
