@@ -1,9 +1,12 @@
 # syntax=docker/dockerfile:1
-# Two targets:
+# Three targets:
 #   serve (the default, last stage): `python api.py`, what `make run` starts.
 #     docker build -t elo7-categorizer .
 #   train: runs treinamento.ipynb headless, what `make train` does.
 #     docker build --target train -t elo7-categorizer-train .
+#   batch: `python score.py INPUT OUTPUT`, what `make score` runs, with Java for Spark;
+#   also the image of a Spark job's driver and executors (docs/operations.md).
+#     docker build --target batch -t elo7-categorizer-batch .
 #
 # PYTHON_VERSION picks the image's Python. The default, 3.9, is .python-version's: the
 # Python the committed model is reproduced on bit for bit. Its upstream security support
@@ -47,10 +50,35 @@ ENV DATASET_PATH=data/elo7_recruitment_dataset.csv \
 CMD ["python", "-m", "categorizer.notebook", "treinamento.ipynb"]
 
 
+FROM base AS batch
+# Java for Spark's JVM (the spark engine; the local engine does not start it). Debian's
+# package gets security fixes within its release, so it is not pinned to a version. Slim
+# images drop /usr/share/man, where its post-install script links the man pages.
+# hadolint ignore=DL3008
+RUN mkdir -p /usr/share/man/man1 \
+    && apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
+    && rm -rf /var/lib/apt/lists/*
+COPY requirements/base.txt requirements/batch.txt requirements/
+RUN pip install --no-cache-dir -r requirements/batch.txt
+COPY runtime/ runtime/
+COPY batch/ batch/
+COPY score.py ./
+COPY artifacts/model.onnx artifacts/
+# INPUT and OUTPUT on a volume (docker run -v "$PWD/data:/data"), or object storage.
+RUN mkdir -p /data && chown 10001:10001 /data
+USER 10001:10001
+# The user has no home: Spark and Ivy write under /tmp.
+ENV HOME=/tmp
+ENTRYPOINT ["python", "score.py"]
+CMD ["--help"]
+
+
 FROM base AS serve
 COPY requirements/base.txt requirements/
 RUN pip install --no-cache-dir -r requirements/base.txt
 # Only what serving reads; files stay root-owned, so the service cannot change them.
+COPY runtime/ runtime/
 COPY service/ service/
 COPY api.py ./
 COPY artifacts/model.onnx artifacts/

@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train bench bench-quick bench-overload bench-stages fuzz clean
+.PHONY: run test lint format train score bench bench-quick bench-overload bench-stages fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,15 @@ $(VENV)/.base: requirements/base.txt | $(BIN)/python
 	$(PIP) install -r requirements/base.txt
 	touch $@
 
-$(VENV)/.dev: requirements/base.txt requirements/train.txt requirements/dev.txt | $(BIN)/python
+# Scoring a catalogue (score.py) needs base.txt and batch.txt.
+$(VENV)/.batch: requirements/base.txt requirements/batch.txt | $(BIN)/python
+	$(PIP) install -r requirements/batch.txt
+	touch $@ $(VENV)/.base
+
+$(VENV)/.dev: requirements/base.txt requirements/train.txt requirements/batch.txt requirements/dev.txt | $(BIN)/python
 	$(PIP) install -r requirements/dev.txt
 	$(BIN)/python -m ipykernel install --sys-prefix --name python3 >/dev/null
-	touch $@ $(VENV)/.base
+	touch $@ $(VENV)/.base $(VENV)/.batch
 
 run: $(VENV)/.base
 	$(BIN)/python api.py
@@ -46,6 +51,12 @@ test: lint
 
 train: $(VENV)/.dev
 	$(BIN)/python -m categorizer.notebook treinamento.ipynb
+
+# make score INPUT=catalogue.csv OUTPUT=scored.parquet [ENGINE=spark] [SCORE_ARGS=--strict]
+ENGINE ?= local
+score: $(VENV)/.batch
+	@test -n "$(INPUT)" -a -n "$(OUTPUT)" || { echo "usage: make score INPUT=... OUTPUT=... [ENGINE=local|spark] [SCORE_ARGS=...]" >&2; exit 2; }
+	$(BIN)/python score.py "$(INPUT)" "$(OUTPUT)" --model "$(MODEL_PATH)" --engine "$(ENGINE)" $(SCORE_ARGS)
 
 bench: $(VENV)/.dev
 	$(BIN)/python -m bench

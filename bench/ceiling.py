@@ -20,7 +20,7 @@ SLOT_MARGIN = 0.3
 
 def _measure(model_path: str, batch_sizes: Sequence[int], seconds: float, start_at: float) -> List[float]:
     """titles/s at each batch size; every process times batch k in the same time slot."""
-    from service.categorizer import Categorizer
+    from runtime.categorizer import Categorizer
 
     model = Categorizer.load(model_path)
     titles = load_titles()

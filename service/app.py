@@ -13,8 +13,8 @@ import msgspec
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from runtime.categorizer import Categorizer
 from service import handlers, logs, memory, tracing
-from service.categorizer import Categorizer
 from service.errors import ApiError, from_http_exception, problem_response
 from service.metrics import GAUGE_REFRESH_SECONDS, Metrics
 from service.model_card import model_card

@@ -1,7 +1,7 @@
 """`GET /v1/model`: which model a server runs and what it promises, read once from the
 file. No aiohttp: the handler returns the encoded card.
 
-Everything comes from the file: its identity (service.identity), its inputs, and the
+Everything comes from the file: its identity (runtime.identity), its inputs, and the
 metadata export wrote (categorizer/weights.py names the keys; the service cannot import
 the training package, so tests/test_model_card.py checks the two lists agree). A key an
 older file lacks, or cannot be read, is left out of the card rather than failing start-up:
@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Optional
 
 import msgspec
 
-from service.categorizer import INPUT_TITLE, Categorizer
+from runtime.categorizer import INPUT_TITLE, Categorizer
 
 log = logging.getLogger("categorizer")
 

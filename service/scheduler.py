@@ -39,7 +39,7 @@ from typing import Callable, Deque, List, Mapping, NamedTuple, Optional, Protoco
 
 import numpy as np
 
-from service.categorizer import INPUT_TAGS, INPUT_TITLE
+from runtime.categorizer import INPUT_TAGS, INPUT_TITLE
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -62,7 +62,7 @@ TRIM_DELAY_SECONDS = 1.0
 
 
 class Model(Protocol):
-    """What the scheduler needs of service.categorizer.Categorizer."""
+    """What the scheduler needs of runtime.categorizer.Categorizer."""
 
     def predict_with_probabilities(
         self, texts: Mapping[str, Sequence[str]]

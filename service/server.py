@@ -20,9 +20,9 @@ from typing import Callable, Optional
 
 from aiohttp import web
 
+from runtime.categorizer import ModelError
 from service.access_log import access_logger, access_logger_class
 from service.app import create_app
-from service.categorizer import ModelError
 from service.logs import log_serving
 from service.settings import Settings
 from service.signals import STOP_SIGNALS, accept_stop_signals

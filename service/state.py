@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from service.categorizer import Categorizer
+from runtime.categorizer import Categorizer
 from service.metrics import Metrics
 from service.scheduler import Scheduler
 from service.schema import RequestDecoder

@@ -22,10 +22,10 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
+from runtime.categorizer import Categorizer
+from runtime.identity import model_version
 from service.access_log import access_logger, access_logger_class
 from service.app import create_app
-from service.categorizer import Categorizer
-from service.identity import model_version
 from service.logs import JsonFormatter
 from service.settings import DEFAULT_MAX_PRODUCTS, Settings
 from service.state import STATE

@@ -33,7 +33,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 COMPOSE = ROOT / "docker-compose.yml"
 # What `python api.py` reads at run time, and nothing else.
-SERVING_SOURCES = {"requirements/base.txt", "service/", "api.py", "artifacts/model.onnx"}
+SERVING_SOURCES = {"requirements/base.txt", "runtime/", "service/", "api.py", "artifacts/model.onnx"}
 
 
 # --- A small Dockerfile reader ---------------------------------------------------------------
@@ -297,7 +297,7 @@ def pins_for(path: Path, python: str) -> Dict[str, List[str]]:
 
 
 @pytest.mark.parametrize("which", ["primary", "newest"])
-@pytest.mark.parametrize("target", ["serve", "train"])
+@pytest.mark.parametrize("target", ["serve", "train", "batch"])
 def test_each_python_ci_tests_gets_one_exact_pin_per_package(
     stages: List[Stage], target: str, which: str
 ) -> None:
@@ -330,7 +330,7 @@ def test_serve_stage_copies_only_what_serving_needs(stages: List[Stage], serve: 
 def test_dependencies_install_in_their_own_layer_before_the_code(serve: Stage) -> None:
     install = serve.index("RUN", r"pip install .*-r requirements/base\.txt")
     assert serve.index("COPY", r"^requirements/base\.txt ") < install
-    for code in (r"^service/ ", r"^api\.py ", r"^artifacts/model\.onnx "):
+    for code in (r"^runtime/ ", r"^service/ ", r"^api\.py ", r"^artifacts/model\.onnx "):
         assert install < serve.index("COPY", code)
 
 

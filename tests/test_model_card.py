@@ -12,9 +12,9 @@ import pytest
 
 from categorizer import confidence, export, weights
 from categorizer.features import FeatureSpec
+from runtime.categorizer import Categorizer
+from runtime.identity import model_version
 from service import model_card
-from service.categorizer import Categorizer
-from service.identity import model_version
 from tests.test_onnx_parity import random_model
 
 SPEC = FeatureSpec(n_features=2**8)

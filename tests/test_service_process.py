@@ -17,7 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench import procs
-from service.identity import model_version
+from runtime.identity import model_version
 from tests.datasets import ROOT
 from tests.servers import (
     STOP_TIMEOUT_SECONDS,

@@ -9,7 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.categorizer import Categorizer, ModelError
+from runtime.categorizer import Categorizer, ModelError
 from service.scheduler import SUB_BATCH_ROWS, predict_in_sub_batches
 
 

@@ -1,4 +1,5 @@
-"""The ONNX model behind the API: load, check, warm up, predict. Knows no HTTP."""
+"""The ONNX model behind the API and the batch scorer: load, check, warm up, predict.
+Knows no HTTP and no file format."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Dict, List, Mapping, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from service.identity import model_version
+from runtime.identity import model_version
 
 INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
@@ -26,7 +27,7 @@ class Categorizer:
     def __init__(self, session: ort.InferenceSession, labels: Tuple[str, ...], version: str = "") -> None:
         self._session = session
         self.labels = labels
-        self.version = version  # service.identity.model_version of the file loaded
+        self.version = version  # runtime.identity.model_version of the file loaded
         # The graph's text inputs: title and tags today; a product field a newer model
         # takes is optional, and a caller that lacks it sends "" (none), as for tags.
         self.inputs: Tuple[str, ...] = tuple(i.name for i in session.get_inputs())

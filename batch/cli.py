@@ -1,0 +1,87 @@
+"""`python score.py INPUT OUTPUT [--model PATH] [--engine local|spark] ...`: arguments,
+exit codes and the lines a run prints.
+
+Exit codes: 0 done; 1 --strict found a row without a title; 2 INPUT, OUTPUT or the model
+cannot be used (one `error:` line on stderr, and OUTPUT is not written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional
+
+from batch.job import BlankTitles, Job, JobError
+from batch.report import Progress, Summary
+from runtime.categorizer import ModelError
+
+DEFAULT_MODEL = "artifacts/model.onnx"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="score.py",
+        description=(
+            "Adds category and confidence (the top probability) to every row of a catalogue. "
+            "INPUT and OUTPUT are CSV or Parquet, by extension (.csv, .parquet); INPUT may "
+            "also be a directory of Parquet parts. INPUT needs a 'title' column; "
+            "'concatenated_tags' is used when present. OUTPUT keeps every input column, in "
+            "input order."
+        ),
+    )
+    p.add_argument("input", metavar="INPUT")
+    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument(
+        "--model",
+        default=os.environ.get("MODEL_PATH") or DEFAULT_MODEL,
+        help=f"the ONNX model (default: $MODEL_PATH, else {DEFAULT_MODEL})",
+    )
+    p.add_argument("--engine", choices=("local", "spark"), default="local", help="default: local")
+    p.add_argument(
+        "--strict", action="store_true", help="fail (exit 1) on a row whose title is missing or blank"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="local engine: scoring processes (default: one per CPU); 1 scores in this process",
+    )
+    p.add_argument(
+        "--master",
+        help="spark engine: the Spark master (default: spark-submit's --master, else local[*])",
+    )
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parser().parse_args(argv)
+    if args.processes < 0:
+        parser().error("--processes must be 0 (one per CPU) or more")
+    job = Job(args.input, args.output, args.model, args.strict, args.processes, args.master)
+    progress = Progress()
+    try:
+        summary = _run(job, args.engine, progress)
+    except (JobError, ModelError) as exc:
+        return _fail(str(exc), 2)
+    except BlankTitles as exc:
+        return _fail(str(exc), 1)
+    finally:
+        progress.close()
+    print(summary.line(job.output))
+    return 0
+
+
+def _run(job: Job, engine: str, progress: Progress) -> Summary:
+    if engine == "spark":
+        from batch import spark  # pyspark is imported only when it is used
+
+        return spark.run(job)
+    from batch import local
+
+    return local.run(job, progress)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code

@@ -1,0 +1,99 @@
+"""The local engine: INPUT streamed in record batches, scored by a pool of processes (one
+single-threaded onnxruntime session each), written in input order.
+
+This process reads and writes; the pool scores. At most `IN_FLIGHT_PER_PROCESS` batches
+per process are out at once, so memory stays flat whatever the file's size (a plain
+`Pool.imap` would read the whole file ahead).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from collections import deque
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from typing import Callable, Deque, Iterator, List, Sequence, Tuple, TypeVar
+
+import pyarrow as pa
+
+from batch import scoring
+from batch.io import Input, Output, use_jemalloc
+from batch.job import BlankTitles, Job
+from batch.report import Progress, Summary
+
+# Batches handed out per process beyond the one it runs: the next is ready when it ends.
+IN_FLIGHT_PER_PROCESS = 2
+
+_T = TypeVar("_T")
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on (its affinity mask), as the service counts workers."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def run(job: Job, progress: Progress) -> Summary:
+    started = time.perf_counter()
+    use_jemalloc()  # before the pool starts: its processes inherit the choice
+    source = Input(job.input)
+    scoring.check_columns(source.schema.names, job.input)
+    schema = scoring.output_schema(source.schema)
+    summary = Summary()
+    processes = job.processes or cpu_count()
+    with Output(job.output, schema) as out, _pool(processes) as pool:
+        # A model that does not load fails here, before any row is read.
+        take = scoring.model_columns(source.schema.names, pool.submit(_model_inputs, job.model).result())
+        progress.start(source.rows)
+        for batch, scored in _in_order(pool, processes, job.model, source.batches(), take):
+            if job.strict and scored.blank:
+                row = summary.rows + scored.blank[0] + 1
+                raise BlankTitles(f"--strict: row {row:,} (counting from 1) has a missing or blank title")
+            out.write(scoring.with_scores(batch, scored, schema))
+            summary.rows += batch.num_rows
+            summary.skipped += len(scored.blank)
+            progress.advance(batch.num_rows)
+        out.commit()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _in_order(
+    pool: Executor, processes: int, model: str, batches: Iterator[pa.RecordBatch], take: Sequence[str]
+) -> Iterator[Tuple[pa.RecordBatch, scoring.Scored]]:
+    """Each batch with its scores, in input order, with a bounded number out at once."""
+    pending: Deque[Tuple[pa.RecordBatch, Future[scoring.Scored]]] = deque()
+    limit = IN_FLIGHT_PER_PROCESS * processes
+    for batch in batches:
+        # Only the model's columns travel to the scoring process.
+        pending.append((batch, pool.submit(_score, model, batch.select(take))))
+        if len(pending) >= limit:
+            done, future = pending.popleft()
+            yield done, future.result()
+    while pending:
+        done, future = pending.popleft()
+        yield done, future.result()
+
+
+def _pool(processes: int) -> Executor:
+    if processes == 1:
+        return _InProcess()  # no pool to start: small files, tests, debugging
+    # spawn, not fork: a fork of this process would inherit pyarrow's reader threads.
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+
+
+def _model_inputs(path: str) -> List[str]:
+    return list(scoring.model_for(path).inputs)
+
+
+def _score(path: str, inputs: pa.RecordBatch) -> scoring.Scored:
+    return scoring.score(scoring.model_for(path), inputs)
+
+
+class _InProcess(Executor):
+    """An Executor that runs each call at once, in this process."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: object, **kwargs: object) -> Future[_T]:
+        future: Future[_T] = Future()
+        future.set_result(fn(*args, **kwargs))
+        return future

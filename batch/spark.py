@@ -1,0 +1,225 @@
+"""The spark engine: the same scoring as a pyspark job, for catalogues one machine cannot
+take. `python score.py ... --engine spark` runs it on `--master` (pyspark's default:
+local[*]); `spark-submit score.py ... --engine spark` runs it on a cluster.
+
+- The ONNX file goes to the executors with SparkContext.addFile, and this code (runtime/
+  and batch/, zipped) with addPyFile; each Python worker loads one session, once.
+- Rows are scored by `DataFrame.mapInArrow`, Arrow batches in and out, through the local
+  engine's code (batch.scoring). It is mapInPandas without pandas: the input columns pass
+  through as Arrow data, untouched, where pandas would turn a nullable integer into a float.
+- Output order is input order: one file is split in file order, and a directory's parts
+  are read one by one, in name order (Spark alone would read the largest first).
+- OUTPUT is a directory of parts, written by Spark. On this machine's filesystem it is
+  written beside OUTPUT under a temporary name and renamed; on object storage (a URL such
+  as s3a://...) Spark's committer writes it in place and adds _SUCCESS last.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+import pyarrow as pa
+from pyspark import SparkFiles
+from pyspark.accumulators import Accumulator
+from pyspark.errors import AnalysisException
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import FloatType, StringType, StructField, StructType
+
+from batch import scoring
+from batch.io import Input, format_of
+from batch.job import BlankTitles, Job, JobError, one_line
+from batch.report import Summary
+from runtime.categorizer import INPUT_TITLE, Categorizer
+
+ROOT = Path(__file__).resolve().parent.parent
+# RFC 4180, as the local engine reads and writes it: quotes doubled (Spark's default
+# escape is \), line breaks inside quoted fields (multiLine: one task reads a whole file,
+# which Spark cannot split then; give it Parquet or many CSV parts), white space kept
+# (Spark's writer trims it by default), a bad row fails the job.
+CSV_OPTIONS = {
+    "header": "true",
+    "escape": '"',
+    "multiLine": "true",
+    "ignoreLeadingWhiteSpace": "false",
+    "ignoreTrailingWhiteSpace": "false",
+    "mode": "FAILFAST",
+}
+
+
+def run(job: Job) -> Summary:
+    started = time.perf_counter()
+    _check_java()
+    # The model is checked here, before Spark starts: a bad file fails in seconds.
+    inputs = Categorizer.load(job.model).inputs
+    _check_paths(job)
+    if _is_local(job.input):  # its header or footers, read here: a bad file fails before the JVM starts
+        scoring.check_columns(Input(job.input).schema.names, job.input)
+    spark, owned = session(job.master)
+    try:
+        summary = _score(spark, job, inputs)
+    finally:
+        if owned:
+            spark.stop()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
+    context = spark.sparkContext
+    context.addFile(os.path.abspath(job.model))
+    context.addPyFile(_code_zip())
+    frame = _read(spark, job.input)
+    scoring.check_columns(frame.columns, job.input)
+    if job.strict:
+        # Before anything is written, wherever OUTPUT is: a pass over one column.
+        blank = _blank_titles(frame)
+        if blank:
+            raise BlankTitles(f"--strict: {blank:,} rows have a missing or blank title")
+    rows: Accumulator[int] = context.accumulator(0)
+    skipped: Accumulator[int] = context.accumulator(0)
+    take = scoring.model_columns(frame.columns, inputs)
+    score = functools.partial(_score_batches, os.path.basename(job.model), take, rows, skipped)
+    fields = [StructField(scoring.CATEGORY, StringType()), StructField(scoring.CONFIDENCE, FloatType())]
+    scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
+    target = _temporary(job.output) if _is_local(job.output) else job.output
+    try:
+        _write(scored, target, format_of(job.output, "OUTPUT"))
+        if target != job.output:
+            os.replace(target, job.output)
+    finally:
+        if target != job.output and os.path.exists(target):  # a failed job's parts
+            shutil.rmtree(target)
+    return Summary(rows=rows.value, skipped=skipped.value)
+
+
+def _score_batches(
+    model_name: str,
+    take: List[str],
+    rows: Accumulator[int],
+    skipped: Accumulator[int],
+    batches: Iterable[pa.RecordBatch],
+) -> Iterable[pa.RecordBatch]:
+    """Runs in the executors' Python workers: one model per worker, kept across tasks."""
+    model = scoring.model_for(SparkFiles.get(model_name))
+    for batch in batches:
+        scored = scoring.score(model, batch.select(take))
+        schema = scoring.output_schema(batch.schema)
+        rows.add(batch.num_rows)
+        skipped.add(len(scored.blank))
+        yield scoring.with_scores(batch, scored, schema)
+
+
+def _blank_titles(frame: DataFrame) -> int:
+    titles = frame.select(INPUT_TITLE)
+    # The blank rows themselves, counted by the JVM: collect() would leave a socket open.
+    return titles.mapInArrow(_blank_only, titles.schema).count()
+
+
+def _blank_only(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
+    for batch in batches:  # scoring's own rule, so that both passes agree
+        yield batch.take(pa.array(scoring.blank_in(batch.column(0)), pa.int64()))
+
+
+def _read(spark: SparkSession, path: str) -> DataFrame:
+    parts = _parts(path)
+    try:
+        if format_of(path, "INPUT") == "csv":
+            # Every column as text, and "" never null: what the local engine reads.
+            frames = [spark.read.options(**CSV_OPTIONS).csv(part).na.fill("") for part in parts]
+        else:
+            frames = [spark.read.parquet(part) for part in parts]
+    # A path that is not there, or not Parquet: found while Spark plans, before any job.
+    # A bad row found while the job runs fails the job, with Spark's own error.
+    except AnalysisException as exc:
+        raise JobError(f"cannot read INPUT {path}: {one_line(exc)}") from None
+    return functools.reduce(DataFrame.union, frames)
+
+
+def _parts(path: str) -> List[str]:
+    """A local directory's parts in name order; anything else as Spark lists it."""
+    if not (_is_local(path) and os.path.isdir(path)):
+        return [path]
+    names = sorted(n for n in os.listdir(path) if not n.startswith(("_", ".")))
+    if not names:
+        raise JobError(f"INPUT {path}: an empty directory, no parts")
+    return [os.path.join(path, n) for n in names]
+
+
+def _write(frame: DataFrame, target: str, form: str) -> None:
+    writer = frame.write.mode("errorifexists")
+    if form == "csv":
+        writer.options(**CSV_OPTIONS).csv(target)
+    else:
+        writer.parquet(target)
+
+
+def session(master: Optional[str]) -> Tuple[SparkSession, bool]:
+    """The active session (a test's, a notebook's), else a new one that we stop."""
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active, False
+    # spark-submit sets the gateway variables and has chosen the Pythons; run by
+    # `python score.py`, the workers of a local master must be this Python (its
+    # onnxruntime and pyarrow), not whichever `python3` comes first on PATH.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if not submitted and (master or "local").startswith("local"):
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder.appName("elo7-score")
+    if master:
+        builder = builder.master(master)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark, True
+
+
+def _check_java() -> None:
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        raise JobError(
+            "the spark engine needs Java 17 or newer: install it (Debian: apt-get install -y "
+            "openjdk-17-jre-headless) or set JAVA_HOME"
+        )
+
+
+def _check_paths(job: Job) -> None:
+    format_of(job.input, "INPUT")
+    format_of(job.output, "OUTPUT")
+    if _is_local(job.output):
+        if os.path.exists(job.output):
+            raise JobError(f"OUTPUT {job.output}: exists; Spark writes a directory, remove it first")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(job.output))):
+            raise JobError(f"OUTPUT {job.output}: no such directory")
+
+
+def _is_local(path: str) -> bool:
+    """A path of this machine's filesystem, not a URL (s3a://, gs://, hdfs://, file://)."""
+    return "://" not in path
+
+
+def _temporary(output: str) -> str:
+    target = Path(output)
+    return str(target.parent / f".{target.name}.partial-{os.getpid()}")
+
+
+def _code_zip() -> str:
+    """runtime/ and batch/ zipped, for addPyFile: executors import them from it. Named
+    after its content: Spark refuses a second file of one name from another path, and a
+    session that runs several jobs (a test's, a notebook's) adds the same one again."""
+    sources = [source for package in ("runtime", "batch") for source in sorted((ROOT / package).glob("*.py"))]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in sources)).hexdigest()[:12]
+    path = Path(tempfile.gettempdir()) / f"score_code_{digest}.zip"
+    if not path.exists():
+        partial = path.with_name(f"{path.name}.partial-{os.getpid()}")
+        with zipfile.ZipFile(partial, "w") as archive:
+            for source in sources:
+                archive.write(source, f"{source.parent.name}/{source.name}")
+        os.replace(partial, path)
+    return str(path)

@@ -1,0 +1,214 @@
+"""score.py with the local engine: round trips, blank titles, and the failures that must
+leave no OUTPUT behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch import cli, io
+from runtime.categorizer import Categorizer
+from tests.batch_files import as_csv_text, assert_scored, catalogue, read, typed, write_csv
+from tests.datasets import ROOT
+
+ROWS = 600  # a little over the public test file: every product, some twice
+
+
+@pytest.fixture(scope="module")
+def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
+    return catalogue(test_products, ROWS)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main([*argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def leftovers(directory: Path) -> List[str]:
+    return sorted(p.name for p in directory.iterdir() if ".partial-" in p.name)
+
+
+def test_csv_round_trip_through_score_py(tmp_path: Path, products_table: pa.Table, model_path: str) -> None:
+    # The real entry point, and a pool of two processes.
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    write_csv(products_table, source)
+    result = subprocess.run(
+        [sys.executable, "score.py", str(source), str(target), "--model", model_path, "--processes", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"scored {ROWS} rows in ")
+    assert "3 skipped (blank title)" in result.stdout
+    assert_scored(model_path, as_csv_text(products_table), read(target))
+    assert leftovers(tmp_path) == []
+
+
+def test_parquet_keeps_column_types_and_nulls(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    table = typed(products_table)
+    pq.write_table(table, source, row_group_size=100)  # several row groups and batches
+    code, out, _ = run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")
+    assert code == 0
+    assert "3 skipped" in out
+    got = pq.read_table(target)
+    assert got.schema.field("product_id").type == pa.int64()
+    assert got.schema.field("creation_date").type == pa.timestamp("us")
+    assert got.schema.field("confidence").type == pa.float32()
+    assert_scored(model_path, table, got)
+
+
+def test_a_directory_of_parts_is_read_in_name_order(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, model_path: str
+) -> None:
+    parts = tmp_path / "catalogue.parquet"
+    parts.mkdir()
+    # The larger part second: name order, not size order (Spark's), is the input order.
+    pq.write_table(products_table.slice(0, 100), parts / "part-00000.parquet")
+    pq.write_table(products_table.slice(100), parts / "part-00001.parquet")
+    (parts / "_SUCCESS").write_bytes(b"")
+    target = tmp_path / "scored.parquet"
+    assert run(capsys, str(parts), str(target), "--model", model_path, "--processes", "1")[0] == 0
+    assert_scored(model_path, products_table, read(target))
+
+
+def test_the_service_wrapper_gives_the_same_categories(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(products_table, source)
+    assert run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")[0] == 0
+    got = pq.read_table(target)
+    titles = products_table.column("title").to_pylist()
+    rows = [i for i, t in enumerate(titles) if t and not t.isspace()]
+    tags = [
+        t if t and not t.isspace() else "" for t in products_table.column("concatenated_tags").to_pylist()
+    ]
+    service = Categorizer.load(model_path).predict([titles[i] for i in rows], [tags[i] for i in rows])
+    assert [got.column("category")[i].as_py() for i in rows] == service
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("catalogue.csv", b"name,price\nCaneca,10\n", "has no 'title' column (its columns: name, price)"),
+        ("catalogue.csv", b"title,category\nCaneca,x\n", "already has a 'category' column"),
+        ("catalogue.csv", b"", "cannot read INPUT"),
+        ("catalogue.csv", b"title,tags\nCaneca \xff azul,x\n", "cannot read INPUT"),
+        ("catalogue.parquet", b"PAR1 not really parquet", "cannot read INPUT"),
+        ("catalogue.json", b"{}", "unknown format"),
+        ("missing.csv", None, "no such file or directory"),
+    ],
+)
+def test_an_unusable_input_fails_with_one_line_and_no_output(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    model_path: str,
+    name: str,
+    content: bytes,
+    message: str,
+) -> None:
+    source, target = tmp_path / name, tmp_path / "scored.csv"
+    if content is not None:
+        source.write_bytes(content)
+    code, out, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")
+    assert code == 2
+    assert out == ""
+    assert err.startswith("error: ")
+    assert message in err
+    assert err.count("\n") == 1
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_title_that_is_not_utf8_fails_with_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str
+) -> None:
+    # Parquet's footer gives a binary column; its text is decoded (and refused) by a scorer.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(pa.table({"title": pa.array([b"Caneca azul", b"Colar \xff prata"], pa.binary())}), source)
+    code, _, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "2")
+    assert code == 2
+    assert err.startswith("error: column 'title' is not text: ")
+    assert err.count("\n") == 1
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_model_that_does_not_load_fails_before_any_row(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table
+) -> None:
+    source, target, model = tmp_path / "catalogue.csv", tmp_path / "scored.csv", tmp_path / "model.onnx"
+    write_csv(products_table, source)
+    model.write_bytes(b"\x08\x07garbage" * 50)
+    code, _, err = run(capsys, str(source), str(target), "--model", str(model), "--processes", "2")
+    assert code == 2
+    assert err.startswith("error: cannot load model")
+    assert err.count("\n") == 1
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_file_broken_halfway_leaves_no_partial_output(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    products_table: pa.Table,
+    model_path: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    write_csv(products_table, source)
+    with source.open("a", encoding="utf-8") as f:
+        f.write('"one field too many",' * 20 + "\n")
+    target.write_text("the previous run's output\n")
+    monkeypatch.setattr(io, "CSV_BLOCK_BYTES", 4096)  # many batches are written before the bad one
+    code, _, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")
+    assert code == 2
+    assert "cannot read INPUT" in err
+    assert target.read_text() == "the previous run's output\n"
+    assert leftovers(tmp_path) == []
+
+
+def test_strict_fails_on_a_blank_title_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(products_table, source)
+    code, out, err = run(
+        capsys, str(source), str(target), "--model", model_path, "--processes", "1", "--strict"
+    )
+    assert code == 1
+    assert out == ""
+    assert err == "error: --strict: row 8 (counting from 1) has a missing or blank title\n"
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+    clean = products_table.filter(
+        pa.array([bool(t and t.strip()) for t in products_table.column("title").to_pylist()])
+    )
+    pq.write_table(clean, source)
+    assert (
+        run(capsys, str(source), str(target), "--model", model_path, "--processes", "1", "--strict")[0] == 0
+    )
+
+
+def test_the_batch_scorer_imports_neither_aiohttp_nor_pyspark() -> None:
+    code = (
+        "import sys, batch.cli, batch.local, batch.scoring, runtime.categorizer; "
+        "print(sorted(m for m in ('aiohttp', 'pyspark', 'service') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,109 @@
+"""score.py --engine spark, in Spark's local mode: the same rows, columns, order and
+scores as the local engine and as onnxruntime run directly. One Spark session for the
+module (its JVM takes seconds to start)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Dict, Iterator, List
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from pyspark.errors import PySparkException
+from pyspark.sql import SparkSession
+
+from batch import local
+from batch import spark as spark_engine
+from batch.job import BlankTitles, Job, JobError
+from batch.report import Progress
+from tests.batch_files import as_csv_text, assert_scored, catalogue, read, typed, write_csv
+from tests.datasets import skip_or_fail
+
+pytestmark = pytest.mark.slow
+
+ROWS = 600
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[SparkSession]:
+    if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+        skip_or_fail("no Java for Spark: apt-get install -y openjdk-17-jre-headless (.ci/run does)")
+    session, _ = spark_engine.session("local[2]")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
+    return catalogue(test_products, ROWS)
+
+
+def test_parquet_parts_give_the_local_engines_rows(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
+) -> None:
+    table = typed(products_table)
+    parts = tmp_path / "catalogue.parquet"
+    parts.mkdir()
+    # The smaller part first: Spark alone would read the larger one first.
+    pq.write_table(table.slice(0, 100), parts / "part-00000.parquet")
+    pq.write_table(table.slice(100), parts / "part-00001.parquet", row_group_size=200)
+    summary = spark_engine.run(Job(str(parts), str(tmp_path / "spark.parquet"), model_path))
+    assert (summary.rows, summary.skipped) == (ROWS, 3)
+    local.run(Job(str(parts), str(tmp_path / "local.parquet"), model_path, processes=1), Progress())
+    by_spark, by_local = read(tmp_path / "spark.parquet"), read(tmp_path / "local.parquet")
+    assert_scored(model_path, table, by_spark)
+    assert by_spark.column_names == by_local.column_names
+    for name in by_local.column_names:
+        assert by_spark.column(name).to_pylist() == by_local.column(name).to_pylist(), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "catalogue.parquet",
+        "local.parquet",
+        "spark.parquet",
+    ]
+
+
+def test_csv_in_csv_out(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    write_csv(products_table, source)
+    spark_engine.run(Job(str(source), str(target), model_path))
+    assert target.is_dir()  # parts written by Spark
+    assert_scored(model_path, as_csv_text(products_table), read_csv_parts(target))
+
+
+def read_csv_parts(directory: Path) -> pa.Table:
+    """Spark's CSV parts, each with its header, in name order."""
+    parts = sorted(p for p in directory.iterdir() if p.suffix == ".csv")
+    return pa.concat_tables(read(part) for part in parts)
+
+
+def test_strict_fails_and_writes_nothing(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(products_table, source)
+    with pytest.raises(BlankTitles, match="3 rows have a missing or blank title"):
+        spark_engine.run(Job(str(source), str(target), model_path, strict=True))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
+
+
+def test_a_missing_title_column_fails_before_scoring(
+    spark: SparkSession, tmp_path: Path, model_path: str
+) -> None:
+    source = tmp_path / "catalogue.parquet"
+    pq.write_table(pa.table({"name": ["Caneca"]}), source)
+    with pytest.raises(JobError, match="has no 'title' column"):
+        spark_engine.run(Job(str(source), str(tmp_path / "scored.parquet"), model_path))
+
+
+def test_a_job_that_fails_leaves_no_output(spark: SparkSession, tmp_path: Path, model_path: str) -> None:
+    # Its footer reads, and only the job finds the title that is not UTF-8.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(pa.table({"title": pa.array([b"Caneca azul", b"Colar \xff prata"], pa.binary())}), source)
+    with pytest.raises(PySparkException, match="is not text"):
+        spark_engine.run(Job(str(source), str(target), model_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
