@@ -139,7 +139,7 @@ def test_stage_matches_on_adversarial_text(stage: str, name: str) -> None:
 
 
 @pytest.mark.parametrize("stage", STAGES)
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=12, deadline=None)
 @given(rows=st.lists(st.tuples(st.one_of(TEXT, LATIN), st.one_of(TEXT, LATIN)), min_size=1, max_size=6))
 def test_stage_matches_on_generated_text(stage: str, rows: List[Tuple[str, str]]) -> None:
     for name, model in RANDOM_MODELS.items():
