@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Collection, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Collection, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -87,8 +87,8 @@ class _Builder:
     nodes: List[onnx.NodeProto] = field(default_factory=list)
     inits: List[onnx.TensorProto] = field(default_factory=list)
     outputs: List[onnx.ValueInfoProto] = field(default_factory=list)
-    # (tensor, fill) -> tensor + _MAX_SHIFT fills, see _shift.
-    padded: Dict[Tuple[str, str], str] = field(default_factory=dict)
+    # Tensors several steps use, built once by the first that asks (see once).
+    shared: Dict[str, str] = field(default_factory=dict)
     stage: str = ""
     _count: int = 0
 
@@ -117,6 +117,12 @@ class _Builder:
         outs = [self.name(op_type.lower()) for _ in range(n_out)]
         self.node(op_type, inputs, outs, **attrs)
         return outs
+
+    def once(self, key: str, make: Callable[[], str]) -> str:
+        """The tensor `key` names, made by `make` the first time it is asked for."""
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
 
     def weight(self, name: str, array: np.ndarray) -> str:
         """An initializer under a fixed name, so readers can find the weights."""
@@ -197,11 +203,9 @@ def _shift(b: _Builder, x: str, k: int, fill: object) -> str:
         raise ValueError(f"shift {k} is not in 0..{_MAX_SHIFT}")
     if k == 0:
         return x
-    key = (x, repr(fill))
-    if key not in b.padded:
-        b.padded[key] = b.op("Concat", [x, b.const([fill] * _MAX_SHIFT)], axis=0)
+    padded = b.once(f"padded {x} {fill!r}", lambda: b.op("Concat", [x, b.const([fill] * _MAX_SHIFT)], axis=0))
     end = k - _MAX_SHIFT if k < _MAX_SHIFT else np.iinfo(np.int64).max
-    return b.op("Slice", [b.padded[key], b.const([k]), b.const([end]), b.const([0])])
+    return b.op("Slice", [padded, b.const([k]), b.const([end]), b.const([0])])
 
 
 def _shift_back(b: _Builder, x: str, fill: object) -> str:
@@ -343,12 +347,27 @@ def _prefix(b: _Builder, values: List[int], length: str) -> str:
 
 
 def _word_powers(b: _Builder, spec: FeatureSpec) -> str:
-    return b.const([spec.power(k) for k in range(spec.max_word_ngram_chars() + 1)])
+    return b.once(
+        "word powers", lambda: b.const([spec.power(k) for k in range(spec.max_word_ngram_chars() + 1)])
+    )
 
 
 def _tails(b: _Builder, words: _Words) -> str:
     """Each word's fingerprint as a continuation: a space, then its codes."""
-    return b.op("Add", [words.fps, b.const(SPACE - WORD_MARK)])
+    return b.once("word tails", lambda: b.op("Add", [words.fps, b.const(SPACE - WORD_MARK)]))
+
+
+def _first_lengths(b: _Builder, words: _Words) -> str:
+    """Each word's length with its mark: where the next word's tail starts."""
+    return b.once("word lengths", lambda: b.op("Add", [words.lengths, b.const(1)]))
+
+
+def _second_scale(b: _Builder, spec: FeatureSpec, words: _Words) -> str:
+    """B**(length + 1) of each word: what the tail of a pair's second word is scaled by,
+    in a bigram and in a skip bigram alike."""
+    return b.once(
+        "second scale", lambda: b.op("Gather", [_word_powers(b, spec), _first_lengths(b, words)], axis=0)
+    )
 
 
 def word_fingerprints(b: _Builder, spec: FeatureSpec, codes: _Flat) -> Tuple[_Families, _Words]:
@@ -359,12 +378,16 @@ def word_fingerprints(b: _Builder, spec: FeatureSpec, codes: _Flat) -> Tuple[_Fa
     low, high = spec.word_ngrams
     fp, values, valid = words.fps, [], []
     if high > 1:
-        powers, tails = _word_powers(b, spec), _tails(b, words)
-        length = b.op("Add", [words.lengths, b.const(1)])
+        length = _first_lengths(b, words)
     for n in range(1, high + 1):
         if n > 1:
-            scale = b.op("Gather", [powers, length], axis=0)
-            fp = _masked(b, b.op("Add", [fp, _masked(b, b.op("Mul", [scale, _shift(b, tails, n - 1, 0)]))]))
+            scale = (
+                _second_scale(b, spec, words)
+                if n == 2
+                else b.op("Gather", [_word_powers(b, spec), length], axis=0)
+            )
+            tail = _shift(b, _tails(b, words), n - 1, 0)
+            fp = _masked(b, b.op("Add", [fp, _masked(b, b.op("Mul", [scale, tail]))]))
             if n < high:
                 ahead = _shift(b, words.lengths, n - 1, 0)
                 length = b.op("Add", [length, b.op("Add", [ahead, b.const(1)])])
@@ -381,10 +404,9 @@ def skip_fingerprints(b: _Builder, spec: FeatureSpec, words: _Words) -> _Familie
     swapped, then w3 as a tail; no family when the spec has no skip bigrams."""
     families = _Families([], [], words.rows)
     if spec.skip_bigrams:
-        scale = b.op("Gather", [_word_powers(b, spec), b.op("Add", [words.lengths, b.const(1)])], axis=0)
         first = b.op("Add", [words.fps, b.const(SKIP_MARK - WORD_MARK)])
         tail = _shift(b, _tails(b, words), 2, 0)
-        fp = _masked(b, b.op("Add", [first, _masked(b, b.op("Mul", [scale, tail]))]))
+        fp = _masked(b, b.op("Add", [first, _masked(b, b.op("Mul", [_second_scale(b, spec, words), tail]))]))
         families = _Families([fp], [_same_row_ahead(b, words.rows, 2)], words.rows)
     families.show(b, "")
     return families
@@ -468,8 +490,9 @@ def _block_scores(
     b: _Builder, spec: FeatureSpec, block: _Families, index: int, tables: str, n_rows: str, n_classes: int
 ) -> str:
     # Each place's first WEIGHTS row in its block, and its head's zero row.
-    first = b.op("Add", [b.op("Gather", [tables, block.rows], axis=0), b.const(index * spec.block_width)])
-    zero = b.op("Add", [b.op("Gather", [tables, block.rows], axis=0), b.const(spec.n_features)])
+    table = b.op("Gather", [tables, block.rows], axis=0)
+    first = b.op("Add", [table, b.const(index * spec.block_width)])
+    zero = b.op("Add", [table, b.const(spec.n_features)])
     # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
     weighted = [
         _weighted(b, b.op("Where", [valid, b.op("Add", [bucket, first]), zero]))

@@ -77,7 +77,10 @@ def cut_words(spec: FeatureSpec, stream_codes: List[int]) -> List[List[int]]:
 
 def word_fingerprints(spec: FeatureSpec, stream_codes: List[int]) -> List[int]:
     """WORD_FINGERPRINTS: every word n-gram, the polynomial of WORD_MARK + "w1 w2 ..."."""
-    cut = cut_words(spec, stream_codes)
+    return _word_ngrams(spec, cut_words(spec, stream_codes))
+
+
+def _word_ngrams(spec: FeatureSpec, cut: List[List[int]]) -> List[int]:
     low, high = spec.word_ngrams
     powers, out = spec.powers, []
     for start in range(len(cut)):
@@ -96,9 +99,12 @@ def word_fingerprints(spec: FeatureSpec, stream_codes: List[int]) -> List[int]:
 
 def skip_fingerprints(spec: FeatureSpec, stream_codes: List[int]) -> List[int]:
     """SKIP_FINGERPRINTS: every pair of words one word apart, the polynomial of SKIP_MARK + "w1 w3"."""
+    return _skip_bigrams(spec, cut_words(spec, stream_codes))
+
+
+def _skip_bigrams(spec: FeatureSpec, cut: List[List[int]]) -> List[int]:
     if not spec.skip_bigrams:
         return []
-    cut = cut_words(spec, stream_codes)
     powers, out = spec.powers, []
     for first, last in zip(cut, cut[2:]):
         fp = SKIP_MARK
@@ -136,7 +142,8 @@ def buckets(spec: FeatureSpec, fingerprints: np.ndarray) -> np.ndarray:
 def block_fingerprints(spec: FeatureSpec, doc: Doc) -> Tuple[List[int], List[int]]:
     """The fingerprints of the character block, then of the word block, of one product."""
     codes_ = stream(spec, doc)
-    return char_fingerprints(spec, codes_), word_fingerprints(spec, codes_) + skip_fingerprints(spec, codes_)
+    cut = cut_words(spec, codes_)
+    return char_fingerprints(spec, codes_), _word_ngrams(spec, cut) + _skip_bigrams(spec, cut)
 
 
 class NgramCounts(TransformerMixin, BaseEstimator):  # type: ignore[misc]
@@ -153,9 +160,9 @@ class NgramCounts(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def transform(self, batch: Sequence[Doc]) -> sp.csr_matrix:
         blocks: Tuple[_Places, _Places] = (_Places(), _Places())
-        for row, doc in enumerate(batch):
+        for doc in batch:
             for places, fps in zip(blocks, block_fingerprints(self.spec, doc)):
-                places.add(row, fps)
+                places.add(fps)
         rows = np.concatenate([places.row_ids() for places in blocks])
         columns = np.concatenate(
             [
@@ -177,9 +184,8 @@ class _Places:
         self.fps: List[int] = []
         self.sizes: List[int] = []
 
-    def add(self, row: int, fps: List[int]) -> None:
-        if row != len(self.sizes):
-            raise ValueError(f"rows must come in order: got {row} after {len(self.sizes)} rows")
+    def add(self, fps: List[int]) -> None:
+        """The next row's fingerprints."""
         self.fps.extend(fps)
         self.sizes.append(len(fps))
 
