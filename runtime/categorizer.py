@@ -4,7 +4,7 @@ Knows no HTTP and no file format."""
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import onnxruntime as ort
@@ -13,6 +13,19 @@ from runtime.identity import model_version
 
 INPUT_TITLE = "title"
 INPUT_TAGS = "concatenated_tags"
+# The listing fields a model from feature format 4 on takes, each optional: a
+# caller that lacks one feeds "" (the seller) or NaN (the numbers).
+INPUT_SELLER = "seller_id"
+INPUT_PRICE = "price"
+INPUT_WEIGHT = "weight"
+INPUT_MINIMUM_QUANTITY = "minimum_quantity"
+INPUT_EXPRESS_DELIVERY = "express_delivery"
+LISTING_FIELDS = (INPUT_SELLER, INPUT_PRICE, INPUT_WEIGHT, INPUT_MINIMUM_QUANTITY, INPUT_EXPRESS_DELIVERY)
+# ONNX types of the inputs this wrapper feeds.
+STRING = "tensor(string)"
+# A column of one input: a sequence of values, or a numpy array of numbers.
+Column = Union[Sequence[Any], np.ndarray]
+FLOAT = "tensor(float)"
 OUTPUT_LABEL = "label"
 OUTPUT_PROBABILITIES = "probabilities"
 
@@ -28,9 +41,11 @@ class Categorizer:
         self._session = session
         self.labels = labels
         self.version = version  # runtime.identity.model_version of the file loaded
-        # The graph's text inputs: title and tags today; a product field a newer model
-        # takes is optional, and a caller that lacks it sends "" (none), as for tags.
+        # The graph's inputs: title and tags, and the listing fields of a model that
+        # takes them. Every input but the title is optional: a column a caller lacks is
+        # fed as unknown ("" for strings, NaN for numbers).
         self.inputs: Tuple[str, ...] = tuple(i.name for i in session.get_inputs())
+        self._types = {i.name: i.type for i in session.get_inputs()}
 
     @classmethod
     def load(cls, path: str) -> Categorizer:
@@ -54,22 +69,32 @@ class Categorizer:
         labels: List[str] = self._session.run([OUTPUT_LABEL], feeds)[0].tolist()
         return labels
 
-    def predict_with_probabilities(self, texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
+    def predict_with_probabilities(self, columns: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
         """The categories and the graph's own `probabilities` output (float32, one row per
-        product, one column per label in `labels` order) of the products in `texts`: a
-        column of strings per model input, `title` required, "" for no value. A model
-        input missing from `texts` is "" for every product; other names are ignored.
-        One onnxruntime run: callers cut big inputs into sub-batches, as for predict."""
-        rows = len(texts[INPUT_TITLE])
+        product, one column per label in `labels` order) of the products in `columns`:
+        one column per model input, `title` required. A string input's column holds str
+        ("" for no value); a number input's holds numbers, None or NaN for no value
+        (bools count as 0/1). A model input missing from `columns` is unknown for every
+        product; names the model does not take are ignored, so a caller can send the
+        listing fields to a model from before them. One onnxruntime run: callers cut
+        big inputs into sub-batches, as for predict."""
+        rows = len(columns[INPUT_TITLE])
         if not rows:
             return [], np.zeros((0, len(self.labels)), dtype=np.float32)
         labels, probabilities = self._session.run(
-            [OUTPUT_LABEL, OUTPUT_PROBABILITIES], self._feeds(texts, rows)
+            [OUTPUT_LABEL, OUTPUT_PROBABILITIES], self._feeds(columns, rows)
         )
         return labels.tolist(), probabilities
 
-    def _feeds(self, texts: Mapping[str, Sequence[str]], rows: int) -> Dict[str, np.ndarray]:
-        return {name: _fixed_width(texts[name]) if name in texts else _none(rows) for name in self.inputs}
+    def _feeds(self, columns: Mapping[str, Column], rows: int) -> Dict[str, np.ndarray]:
+        feeds = {}
+        for name in self.inputs:
+            column = columns.get(name)
+            if self._types[name] == FLOAT:
+                feeds[name] = _numbers(column) if column is not None else np.full(rows, np.nan, np.float32)
+            else:
+                feeds[name] = _fixed_width(column) if column is not None else _none(rows)
+        return feeds
 
     def _warm_up(self, path: str) -> None:
         # The first run allocates buffers and is several times slower: pay it now,
@@ -92,7 +117,7 @@ class Categorizer:
         return {i.name: i.type for i in self._session.get_inputs()}
 
 
-def _fixed_width(texts: Sequence[str]) -> np.ndarray:
+def _fixed_width(texts: Column) -> np.ndarray:
     # Fixed-width np.str_, not dtype=object: onnxruntime < 1.21 (the last for
     # Python 3.9 is 1.19) keeps a reference to every str of an object input,
     # leaking all the text it was given (microsoft/onnxruntime#22271). But onnxruntime
@@ -101,6 +126,14 @@ def _fixed_width(texts: Sequence[str]) -> np.ndarray:
     # surrogates never get here: the service refuses them (service/schema.py), and
     # text decoded from Arrow or a file cannot hold them (it is valid UTF-8).
     return np.array([text.replace("\x00", " ") if "\x00" in text else text for text in texts], dtype=np.str_)
+
+
+def _numbers(values: Column) -> np.ndarray:
+    # float32 is the graph's input type: the model's bin edges are float32 values,
+    # so a number is binned as the caller's value rounded to float32 (to nearest).
+    if isinstance(values, np.ndarray) and values.dtype.kind in "fiub":
+        return values.astype(np.float32)
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float32)
 
 
 def _none(rows: int) -> np.ndarray:
@@ -126,6 +159,11 @@ def _check_signature(session: ort.InferenceSession, path: str) -> None:
             f"model {path!r} has inputs {sorted(inputs)} and outputs {sorted(outputs)}; expected "
             f"inputs {INPUT_TITLE!r}, {INPUT_TAGS!r} and outputs {OUTPUT_LABEL!r}, {OUTPUT_PROBABILITIES!r}"
         )
+    # This wrapper feeds strings and float32 numbers only: a file that wants another
+    # type would fail on every request, so it fails here instead.
+    odd = [f"{i.name} ({i.type})" for i in session.get_inputs() if i.type not in (STRING, FLOAT)]
+    if odd:
+        raise ModelError(f"model {path!r} has inputs of types this service cannot feed: {', '.join(odd)}")
 
 
 def _read_labels(session: ort.InferenceSession, path: str) -> Tuple[str, ...]:
