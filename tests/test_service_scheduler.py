@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from runtime.categorizer import Column
 from service import scheduler as scheduling
 from service.app import create_app
 from service.errors import ApiError
@@ -526,7 +527,7 @@ async def _leave_while_queued(state: State, base: str) -> None:
     calls: List[int] = []
     real_predict = state.model.predict_with_probabilities
 
-    def counting_predict(texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
+    def counting_predict(texts: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
         calls.append(len(texts["title"]))
         return real_predict(texts)
 
