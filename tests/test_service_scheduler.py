@@ -527,9 +527,9 @@ async def _leave_while_queued(state: State, base: str) -> None:
     calls: List[int] = []
     real_predict = state.model.predict_with_probabilities
 
-    def counting_predict(texts: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
-        calls.append(len(texts["title"]))
-        return real_predict(texts)
+    def counting_predict(columns: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
+        calls.append(len(columns["title"]))
+        return real_predict(columns)
 
     state.model.predict_with_probabilities = counting_predict  # type: ignore[method-assign]
     async with aiohttp.ClientSession() as session:
