@@ -10,13 +10,14 @@ metadata (weights.CONFIDENCE_KEY), which the service returns from `GET /v1/model
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
 
 from categorizer.features import Doc
-from categorizer.prepare import docs
+from categorizer.prepare import VIEWS, view
+from categorizer.sklearn_twin import Fields
 
 # Top-probability thresholds of the table: where a catalogue team would draw the line
 # between auto-accepting an answer and reviewing it.
@@ -69,14 +70,11 @@ def table(truth: Sequence[str], labels: Sequence[str], probabilities: np.ndarray
 
 
 def evaluate(
-    predict_proba: Callable[[List[Doc]], np.ndarray], frame: pd.DataFrame, labels: Sequence[str]
+    predict_proba: Callable[[List[Doc], Optional[Fields]], np.ndarray],
+    frame: pd.DataFrame,
+    labels: Sequence[str],
 ) -> Dict[str, Dict[str, Any]]:
-    """The table for the two inputs clients send, like validation.evaluate's reports:
-    the title alone, and title + tags."""
-    titles = frame["title"].tolist()
+    """The table for each input view a client may send (prepare.VIEWS), like
+    validation.evaluate's reports."""
     truth = frame["category"].tolist()
-    with_tags = docs(titles, frame["concatenated_tags"].tolist())
-    return {
-        "title_only": table(truth, labels, predict_proba(docs(titles))),
-        "title_and_tags": table(truth, labels, predict_proba(with_tags)),
-    }
+    return {name: table(truth, labels, predict_proba(*view(frame, name))) for name in VIEWS}

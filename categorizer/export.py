@@ -5,18 +5,20 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 import onnx
 from onnx import numpy_helper
 
-from categorizer.features import FeatureSpec
+from categorizer.features import SELLER, UNITS, FeatureSpec
 from categorizer.model import Model, from_weights, weights_of
 from categorizer.onnx_graph import build_model
+from categorizer.sklearn_twin import FieldTokens
 from categorizer.weights import (
     CONFIDENCE_KEY,
     DATA_SHA256_KEY,
     FEATURE_SPEC_KEY,
+    INPUTS_KEY,
     LABELS_KEY,
     METRICS_KEY,
     read_heads,
@@ -35,10 +37,24 @@ def to_onnx(
         FEATURE_SPEC_KEY: model.spec.to_json(),
         METRICS_KEY: json.dumps(metrics, ensure_ascii=False, sort_keys=True),
         DATA_SHA256_KEY: data_sha256,
+        INPUTS_KEY: json.dumps(INPUTS, ensure_ascii=False, sort_keys=True),
     }
     if confidence is not None:
         metadata[CONFIDENCE_KEY] = json.dumps(confidence, ensure_ascii=False, sort_keys=True)
-    return build_model(model.spec, weights_of(model), model.labels, metadata)
+    return build_model(model.spec, weights_of(model), model.labels, metadata, model.fields)
+
+
+# What each input is, for callers in any language (the INPUTS_KEY metadata).
+INPUTS: Dict[str, Dict[str, str]] = {
+    "title": {"type": "string", "unknown": "required: the product's title"},
+    "concatenated_tags": {
+        "type": "string",
+        "unknown": '""',
+        "meaning": "the product's tags, space-separated",
+    },
+    SELLER: {"type": "string", "unknown": '""', "meaning": "the seller's id, as a decimal string"},
+    **{name: {"type": "float32", "unknown": "NaN", "unit": unit} for name, unit in UNITS.items()},
+}
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
@@ -83,4 +99,15 @@ def load_reference(path: Path) -> Model:
     weights = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
     meta = {prop.key: prop.value for prop in model.metadata_props}
     spec = FeatureSpec.from_json(meta[FEATURE_SPEC_KEY])
-    return from_weights(spec, read_heads(weights), json.loads(meta[LABELS_KEY]))
+    sellers = _sellers(model)
+    values = FieldTokens(spec).set_sellers(sellers).values_()
+    return from_weights(spec, read_heads(weights, values), json.loads(meta[LABELS_KEY]), sellers)
+
+
+def _sellers(model: onnx.ModelProto) -> List[str]:
+    """The seller tokens' ids: the keys of the LabelEncoder that reads the seller input."""
+    for node in model.graph.node:
+        if node.op_type == "LabelEncoder" and list(node.input) == [SELLER]:
+            keys = next(a for a in node.attribute if a.name == "keys_strings")
+            return [key.decode("utf-8") for key in keys.strings]
+    return []

@@ -28,7 +28,15 @@ the other, so every rule below is chosen to be cheap and exact in both worlds:
   four-character ASCII string, when it realised this spec;
 * character n-grams fall in the lower half of the feature space and word
   n-grams in the upper half (two blocks), so that each block can be
-  l2-normalised on its own (see sklearn_twin.OccurrenceTfidf).
+  l2-normalised on its own (see sklearn_twin.OccurrenceTfidf);
+* the listing fields form a third block of *field tokens*, one per field and
+  product, each worth a fixed value (no tf-idf, no norm). A field's first
+  token means "unknown" and weighs nothing. The seller's other tokens are the
+  sellers seen in training, in sorted order (a seller not seen is unknown);
+  a number's are its bins: 1 + the count of the field's edges at or below
+  it. An unknown number is NaN;
+* so every field is optional: a product sent without fields is scored by
+  its text alone.
 """
 
 from __future__ import annotations
@@ -38,6 +46,8 @@ import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from typing import Dict, List, Optional, Tuple
+
+import numpy as np
 
 # Code point blocks whose folding is fixed by the spec. Old, stable blocks only,
 # so the table does not move between Python (Unicode) versions:
@@ -67,10 +77,27 @@ WORD_MARK = 0x01
 # First code of every skip bigram, for the same reason.
 SKIP_MARK = 0x02
 # Version of what a spec means beyond its fields. 2: character and word n-grams
-# in separate blocks, each with its own norm. 3: the skip_bigrams field. A file
-# exported under another version may read as the same fields but hold a
-# different model, so loading it must fail.
-FORMAT_VERSION = 3
+# in separate blocks, each with its own norm. 3: the skip_bigrams field. 4: the
+# listing fields' block. A file exported under another version may read as the
+# same fields but hold a different model, so loading it must fail.
+FORMAT_VERSION = 4
+
+# The listing fields, by their names as model inputs (and as columns of the
+# training file). The seller is a string, the others numbers; all optional.
+SELLER = "seller_id"
+PRICE = "price"
+WEIGHT = "weight"
+MINIMUM_QUANTITY = "minimum_quantity"
+EXPRESS_DELIVERY = "express_delivery"
+NUMBER_FIELDS = (PRICE, WEIGHT, MINIMUM_QUANTITY, EXPRESS_DELIVERY)
+LISTING_FIELDS = (SELLER, *NUMBER_FIELDS)
+# What each number means, for the file's metadata and the docs.
+UNITS = {
+    PRICE: "reais (BRL)",
+    WEIGHT: "grams",
+    MINIMUM_QUANTITY: "units per order",
+    EXPRESS_DELIVERY: "1 if the seller offers express delivery, else 0",
+}
 
 # The stages both realisations build, in order, under these names: the
 # graph's nodes carry them (its cost profile groups by them), the builder can
@@ -80,6 +107,7 @@ CHAR_FINGERPRINTS = "char_fingerprints"
 WORD_FINGERPRINTS = "word_fingerprints"
 SKIP_FINGERPRINTS = "skip_fingerprints"
 BUCKETS = "buckets"
+FIELD_TOKENS = "field_tokens"
 HEAD_CHOICE = "head_choice"
 BLOCK_SCORES = "block_scores"
 PROBABILITIES = "probabilities"
@@ -89,12 +117,26 @@ STAGES = (
     WORD_FINGERPRINTS,
     SKIP_FINGERPRINTS,
     BUCKETS,
+    FIELD_TOKENS,
     HEAD_CHOICE,
     BLOCK_SCORES,
     PROBABILITIES,
 )
 
 Doc = Tuple[str, str]
+
+
+def log_edges(low: int, high: int, per_octave: int) -> Tuple[float, ...]:
+    """Bin edges 2**(k / per_octave) for k from low to high: bins of equal ratio,
+    each edge rounded to float32, the type the graph compares numbers in."""
+    return tuple(float(np.float32(2.0 ** (k / per_octave))) for k in range(low, high + 1))
+
+
+def default_number_edges() -> Dict[str, Tuple[float, ...]]:
+    """Each number field's bin edges: prices, weights and quantities on a log scale
+    (a bin per factor of sqrt 2, from 1/8 to 65,536), express delivery yes or no."""
+    scale = log_edges(-6, 32, 2)
+    return {PRICE: scale, WEIGHT: (0.0, *scale), MINIMUM_QUANTITY: (0.0, *scale), EXPRESS_DELIVERY: (0.5,)}
 
 
 def _strip_marks(text: str) -> str:
@@ -151,6 +193,15 @@ class FeatureSpec:
     # Character folding table, stored rather than recomputed so that the model
     # file, not the runtime's Unicode version, decides what a character means.
     fold: Dict[str, str] = field(default_factory=default_fold_table)
+    # Value of the seller's token: how much a seller's history may weigh against
+    # the text (docs/decisions.md, "The seller as a token"). A power of two, so
+    # that the file's table of value * coefficient reads back exactly.
+    seller_value: float = 1.0
+    # Value of each number's token (a power of two, for the same reason).
+    number_value: float = 0.25
+    # Bin edges of each number field (ascending, float32 values): a number's bin
+    # is the count of edges at or below it, so bins run from 0 to len(edges).
+    number_edges: Dict[str, Tuple[float, ...]] = field(default_factory=default_number_edges)
     # FORMAT_VERSION when written; checked when read back from a model file.
     format_version: int = FORMAT_VERSION
 
@@ -174,6 +225,20 @@ class FeatureSpec:
             raise ValueError("fold maps single characters to at most one character")
         if any(codes(k + v) != [ord(c) for c in k + v] for k, v in self.fold.items()):
             raise ValueError("fold maps characters of the Basic Multilingual Plane only (no surrogates)")
+        self._check_fields()
+
+    def _check_fields(self) -> None:
+        for name in ("seller_value", "number_value"):
+            value = getattr(self, name)
+            if not value > 0 or np.frexp(value)[0] != 0.5:
+                raise ValueError(f"{name} must be a positive power of two, got {value}")
+        if sorted(self.number_edges) != sorted(NUMBER_FIELDS):
+            raise ValueError(f"number_edges must give the edges of {list(NUMBER_FIELDS)} and no other field")
+        for name, edges in self.number_edges.items():
+            values = np.asarray(edges, dtype=np.float64)
+            exact = np.array_equal(values.astype(np.float32), values) and np.isfinite(values).all()
+            if not len(values) or not exact or (np.diff(values) <= 0).any():
+                raise ValueError(f"number_edges[{name!r}] must be ascending finite float32 values")
 
     def power(self, k: int) -> int:
         """fingerprint_base ** k modulo 2**28."""
@@ -194,6 +259,8 @@ class FeatureSpec:
         raw.setdefault("format_version", 1)
         for name in ("char_ngrams", "word_ngrams"):
             raw[name] = tuple(raw[name])
+        if "number_edges" in raw:
+            raw["number_edges"] = {k: tuple(v) for k, v in raw["number_edges"].items()}
         return cls(**raw)
 
     @cached_property
@@ -205,6 +272,11 @@ class FeatureSpec:
     def powers(self) -> List[int]:
         """fingerprint_base ** k modulo 2**28, for every k an n-gram of the spec reaches."""
         return [self.power(k) for k in range(max(self.char_ngrams[1], self.max_word_ngram_chars()) + 1)]
+
+    @property
+    def number_tokens(self) -> Dict[str, int]:
+        """Tokens of each number field: unknown, then one bin more than its edges."""
+        return {name: len(edges) + 2 for name, edges in self.number_edges.items()}
 
     @property
     def block_width(self) -> int:

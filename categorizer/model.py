@@ -1,7 +1,10 @@
-"""Modelling: hashed features, tf-idf with occurrence l2 norms per block, SGD logistic regression.
+"""Modelling: hashed text features, tf-idf with occurrence l2 norms per block, the
+listing fields' tokens beside them, SGD logistic regression.
 
 Two heads share the features: one scores products sent without tags, the
-other products sent with them (see heads).
+other products sent with them (see heads). Each product may come with or
+without its listing fields (sklearn_twin.Fields); without them, the fields'
+block is empty and the text alone decides.
 """
 
 from __future__ import annotations
@@ -13,12 +16,11 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from sklearn.linear_model import SGDClassifier
-from sklearn.pipeline import Pipeline
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
 from categorizer.heads import N_HEADS, TAGS_HEAD, TITLE_HEAD, heads_of
-from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, block_scores
+from categorizer.sklearn_twin import Fields, FieldTokens, NgramCounts, OccurrenceTfidf, block_scores
 from categorizer.weights import HeadWeights, round_weights
 
 # Fixed so that retraining on the same data reproduces the artifact exactly.
@@ -44,6 +46,44 @@ class TrainConfig:
     # Weight of each product's tags alone as an example, for the tags head only,
     # since in one model it cost titles (see docs/decisions.md, 'Two heads').
     tags_only_weight: float = 1.0
+    # Weight of each product's views with its listing fields, beside the same
+    # views without them (see prepare.training_examples); 0 trains no field block.
+    fields_weight: float = 1.0
+
+
+@dataclass
+class Head:
+    """One head: the text's tf-idf and the field tokens side by side, then SGD.
+
+    Its SGD's columns are the text's n_features, then the field block's tokens.
+    """
+
+    counts: NgramCounts
+    tfidf: OccurrenceTfidf
+    fields: FieldTokens
+    sgd: SGDClassifier
+
+    def design(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> sp.csr_matrix:
+        """What SGD reads: [N, n_features + field tokens]; no fields is all unknown."""
+        fields = Fields.unknown(len(batch)) if fields is None else fields
+        text = self.tfidf.transform(self.counts.transform(batch))
+        return sp.hstack([text, self.fields.transform(fields)], format="csr")
+
+    def predict_proba(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
+        proba: np.ndarray = self.sgd.predict_proba(self.design(batch, fields))
+        return proba
+
+    def decision_function(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
+        scores: np.ndarray = self.sgd.decision_function(self.design(batch, fields))
+        return scores
+
+    def predict(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
+        labels: np.ndarray = self.sgd.predict(self.design(batch, fields))
+        return labels
+
+    def block_scores(self, batch: Sequence[Doc], fields: Fields) -> List[np.ndarray]:
+        counts = self.counts.transform(batch)
+        return block_scores(self.tfidf, self.sgd, counts, self.fields.transform(fields))
 
 
 @dataclass
@@ -51,53 +91,73 @@ class Model:
     """The fitted heads, with weights exactly as the ONNX file stores them.
 
     Both heads read the same features; heads.head_of says which one scores a
-    product, and why there are two.
+    product, and why there are two. `fields` lays out the field block, the
+    same for both heads.
     """
 
     spec: FeatureSpec
-    heads: Tuple[Pipeline, Pipeline]
+    heads: Tuple[Head, Head]
+
+    @property
+    def fields(self) -> FieldTokens:
+        return self.heads[TITLE_HEAD].fields
 
     def tfidf(self, head: int) -> OccurrenceTfidf:
-        step: OccurrenceTfidf = self.heads[head].named_steps["tfidf"]
-        return step
+        return self.heads[head].tfidf
 
     def classifier(self, head: int) -> SGDClassifier:
-        return self.heads[head].named_steps["sgd"]
+        return self.heads[head].sgd
 
     @property
     def labels(self) -> List[str]:
         return [str(label) for label in self.classifier(TITLE_HEAD).classes_]
 
-    def predict_proba(self, batch: Sequence[Doc]) -> np.ndarray:
+    def predict_proba(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
+        """Probabilities per product; `fields` None means every field unknown."""
         proba = np.zeros((len(batch), len(self.labels)))
-        for head, rows in self._routes(batch):
-            proba[rows] = self.heads[head].predict_proba([batch[i] for i in rows])
+        for head, rows, part, known in self._routes(batch, fields):
+            proba[rows] = self.heads[head].predict_proba(part, known)
         return proba
 
-    def predict(self, batch: Sequence[Doc]) -> np.ndarray:
+    def predict(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
         labels = np.empty(len(batch), dtype=object)
-        for head, rows in self._routes(batch):
-            labels[rows] = self.heads[head].predict([batch[i] for i in rows])
+        for head, rows, part, known in self._routes(batch, fields):
+            labels[rows] = self.heads[head].predict(part, known)
         return labels
 
-    def block_scores(self, batch: Sequence[Doc]) -> List[np.ndarray]:
-        """The BLOCK_SCORES stage: per block, each product's [n_classes] scores from its head."""
-        out = [np.zeros((len(batch), len(self.labels))) for _ in range(2)]
-        for head, rows in self._routes(batch):
-            counts = self.heads[head].named_steps["counts"].transform([batch[i] for i in rows])
-            for block, scores in zip(out, block_scores(self.tfidf(head), self.classifier(head), counts)):
+    def decision_function(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> np.ndarray:
+        scores = np.zeros((len(batch), len(self.labels)))
+        for head, rows, part, known in self._routes(batch, fields):
+            scores[rows] = self.heads[head].decision_function(part, known)
+        return scores
+
+    def block_scores(self, batch: Sequence[Doc], fields: Optional[Fields] = None) -> List[np.ndarray]:
+        """The BLOCK_SCORES stage: per block (characters, words, fields), each product's
+        [n_classes] scores from its head."""
+        out = [np.zeros((len(batch), len(self.labels))) for _ in range(3)]
+        for head, rows, part, known in self._routes(batch, fields):
+            for block, scores in zip(out, self.heads[head].block_scores(part, known)):
                 block[rows] = scores
         return out
 
-    def _routes(self, batch: Sequence[Doc]) -> List[Tuple[int, np.ndarray]]:
-        """(head, row indices) for each head that scores some of the batch."""
+    def _routes(
+        self, batch: Sequence[Doc], fields: Optional[Fields]
+    ) -> List[Tuple[int, np.ndarray, List[Doc], Fields]]:
+        """(head, row indices, their docs, their fields) for each head that scores some of the batch."""
+        known = Fields.unknown(len(batch)) if fields is None else fields
+        if len(known) != len(batch):
+            raise ValueError(f"{len(batch)} products but fields for {len(known)}")
         heads = heads_of(batch)
         routes = [(head, np.flatnonzero(heads == head)) for head in (TITLE_HEAD, TAGS_HEAD)]
-        return [(head, rows) for head, rows in routes if rows.size]
+        return [
+            (head, rows, [batch[i] for i in rows], known.take(rows.tolist()))
+            for head, rows in routes
+            if rows.size
+        ]
 
 
-def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
-    classifier = SGDClassifier(
+def classifier(config: TrainConfig) -> SGDClassifier:
+    return SGDClassifier(
         loss="log_loss",
         alpha=config.alpha,
         max_iter=config.max_iter,
@@ -105,8 +165,6 @@ def pipeline(spec: FeatureSpec, config: TrainConfig) -> Pipeline:
         class_weight=config.class_weight,
         random_state=RANDOM_STATE,
     )
-    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True)
-    return Pipeline([("counts", NgramCounts(spec)), ("tfidf", tfidf), ("sgd", classifier)])
 
 
 DEFAULT_CONFIG = TrainConfig()
@@ -114,61 +172,100 @@ DEFAULT_CONFIG = TrainConfig()
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train both heads on the cleaned listing `rows` (one per search, as published)."""
-    title_batch, title_target, title_weights = prepare.training_examples(rows, config.query_weight)
-    batch, target, weights = prepare.training_examples(rows, config.query_weight, config.tags_only_weight)
+    title = prepare.training_examples(rows, config.query_weight, fields_weight=config.fields_weight)
+    both = prepare.training_examples(rows, config.query_weight, config.tags_only_weight, config.fields_weight)
     # The title head's examples are the tags head's without the tags-only ones,
     # which come last: hash every text once (hashing is most of the training time).
-    n_title = len(title_batch)
-    if batch[:n_title] != title_batch:
+    n_title = len(title.docs)
+    if both.docs[:n_title] != title.docs:
         raise AssertionError("the title head's examples must lead the tags head's")
-    counts = NgramCounts(spec).transform(batch)
-    title = _fit_head(spec, config, counts[:n_title], title_target, title_weights)
-    return _model(spec, [title, _fit_head(spec, config, counts, target, weights)])
+    counts = NgramCounts(spec).transform(both.docs)
+    fields = FieldTokens(spec).fit(prepare.fields_of(rows))
+    design = fields.transform(both.fields)
+    heads = [
+        _fit_head(spec, config, counts[:n_title], design[:n_title], title),
+        _fit_head(spec, config, counts, design, both),
+    ]
+    return _model(spec, [Head(NgramCounts(spec), tfidf, fields, sgd) for tfidf, sgd in heads])
 
 
 def _fit_head(
-    spec: FeatureSpec, config: TrainConfig, counts: sp.csr_matrix, target: np.ndarray, weights: np.ndarray
-) -> Pipeline:
-    """A head's pipeline, its tf-idf and SGD steps fitted on hashed `counts`."""
-    head = pipeline(spec, config)
-    tfidf, sgd = head.named_steps["tfidf"], head.named_steps["sgd"]
-    sgd.fit(tfidf.fit_transform(counts), target, sample_weight=weights)
+    spec: FeatureSpec,
+    config: TrainConfig,
+    counts: sp.csr_matrix,
+    field_tokens: sp.csr_matrix,
+    examples: prepare.Examples,
+) -> Tuple[OccurrenceTfidf, SGDClassifier]:
+    """A head's tf-idf and SGD fitted on hashed `counts` and the examples' field tokens."""
+    # idf from the text of the examples without fields only: the views with fields
+    # repeat those texts, and must not move what the text alone is worth.
+    plain = np.array([seller == "" for seller in examples.fields.sellers]) & np.isnan(
+        examples.fields.numbers
+    ).all(axis=1)
+    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[plain])
+    sgd = classifier(config)
+    sgd.fit(
+        sp.hstack([tfidf.transform(counts), field_tokens], format="csr"),
+        examples.target,
+        sample_weight=examples.weights,
+    )
     # Score with exactly the weights the ONNX file stores (see weights.round_weights).
     tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
-    return head
+    return tfidf, sgd
 
 
 def weights_of(model: Model) -> List[HeadWeights]:
     """Each head's weights, in head order."""
+    width = model.spec.n_features
     return [
-        HeadWeights(model.tfidf(h).idf_, model.classifier(h).coef_, model.classifier(h).intercept_)
+        HeadWeights(
+            model.tfidf(h).idf_,
+            model.classifier(h).coef_[:, :width],
+            model.classifier(h).intercept_,
+            model.classifier(h).coef_[:, width:],
+        )
         for h in (TITLE_HEAD, TAGS_HEAD)
     ]
 
 
-def from_weights(spec: FeatureSpec, heads: Sequence[HeadWeights], labels: Sequence[str]) -> Model:
-    """A 'fitted' model from known weights (an exported file's, or test values).
+def from_weights(
+    spec: FeatureSpec, heads: Sequence[HeadWeights], labels: Sequence[str], sellers: Sequence[str] = ()
+) -> Model:
+    """A 'fitted' model from known weights (an exported file's, or test values), with
+    `sellers` the seller tokens' ids (FieldTokens.sellers_).
 
     idf and coef should already lie on round_weights' grid, as the ONNX file stores them.
     """
-    return _model(spec, [_head_from_weights(spec, head, labels) for head in heads])
+    fields = FieldTokens(spec).set_sellers(sellers)
+    return _model(spec, [_head_from_weights(spec, head, labels, fields) for head in heads])
 
 
-def _head_from_weights(spec: FeatureSpec, weights: HeadWeights, labels: Sequence[str]) -> Pipeline:
-    fitted = pipeline(spec, DEFAULT_CONFIG)
-    fitted.named_steps["tfidf"].idf_ = np.asarray(weights.idf, dtype=np.float64)
-    classifier = fitted.named_steps["sgd"]
-    classifier.coef_ = np.ascontiguousarray(weights.coef, dtype=np.float64)
-    classifier.intercept_ = np.asarray(weights.intercept, dtype=np.float64)
-    classifier.classes_ = np.array(list(labels), dtype=object)
-    classifier.n_features_in_ = spec.n_features
-    return fitted
+def _head_from_weights(
+    spec: FeatureSpec, weights: HeadWeights, labels: Sequence[str], fields: FieldTokens
+) -> Head:
+    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True)
+    tfidf.idf_ = np.asarray(weights.idf, dtype=np.float64)
+    sgd = classifier(DEFAULT_CONFIG)
+    field_coef = np.asarray(weights.field_coef, dtype=np.float64).reshape(len(labels), -1)
+    if field_coef.shape[1] != fields.width_:
+        raise ValueError(
+            f"{field_coef.shape[1]} field coefficients per class for {fields.width_} field tokens"
+        )
+    sgd.coef_ = np.ascontiguousarray(np.hstack([np.asarray(weights.coef, dtype=np.float64), field_coef]))
+    sgd.intercept_ = np.asarray(weights.intercept, dtype=np.float64)
+    sgd.classes_ = np.array(list(labels), dtype=object)
+    sgd.n_features_in_ = sgd.coef_.shape[1]
+    return Head(NgramCounts(spec), tfidf, fields, sgd)
 
 
-def _model(spec: FeatureSpec, heads: Sequence[Pipeline]) -> Model:
+def _model(spec: FeatureSpec, heads: Sequence[Head]) -> Model:
     if len(heads) != N_HEADS:
         raise ValueError(f"a model has a title head and a tags head, got {len(heads)} heads")
     title, tags = heads
-    if list(title.classes_) != list(tags.classes_):
-        raise ValueError(f"the heads' classes differ: {list(title.classes_)} and {list(tags.classes_)}")
+    if list(title.sgd.classes_) != list(tags.sgd.classes_):
+        raise ValueError(
+            f"the heads' classes differ: {list(title.sgd.classes_)} and {list(tags.sgd.classes_)}"
+        )
+    if title.fields is not tags.fields:
+        raise ValueError("the heads must share one field layout")
     return Model(spec, (title, tags))

@@ -20,9 +20,12 @@ dense ``[N, n_features]`` tensor, or a pairwise ``[T, T]`` comparison, would not
 * WORD_FINGERPRINTS: each word's fingerprint from a fixed-width window, then
   word n-grams from those; SKIP_FINGERPRINTS: pairs one word apart.
 * BUCKETS: MurmurHash3 of each fingerprint's four 7-bit groups, modulo its block's width.
+* FIELD_TOKENS: the seller through a LabelEncoder of the sellers seen in
+  training, each number's bin as the count of its edges at or below it.
 * HEAD_CHOICE: the tags head where the tags string is not empty (model.Model).
 * BLOCK_SCORES: gather (idf**2, idf * coef) per n-gram from its row's head's
-  table, per-row sums (scatter-add), occurrence l2 norm per block.
+  table, per-row sums (scatter-add), occurrence l2 norm per block; the field
+  tokens' rows of the head's field table, summed.
 * PROBABILITIES: the blocks' sum plus the intercept, one-vs-rest sigmoids
   normalised by their sum, and the label of the best score.
 """
@@ -41,11 +44,14 @@ from categorizer.features import (
     BLOCK_SCORES,
     BUCKETS,
     CHAR_FINGERPRINTS,
+    FIELD_TOKENS,
     FINGERPRINT_MASK,
     HEAD_CHOICE,
     MAX_NGRAM_ORDER,
+    NUMBER_FIELDS,
     OTHER,
     PROBABILITIES,
+    SELLER,
     SKIP_FINGERPRINTS,
     SKIP_MARK,
     SPACE,
@@ -53,10 +59,12 @@ from categorizer.features import (
     STREAM,
     WORD_FINGERPRINTS,
     WORD_MARK,
+    Doc,
     FeatureSpec,
 )
 from categorizer.heads import EMPTY_TAGS, N_HEADS, TAGS_HEAD
-from categorizer.weights import INTERCEPT, WEIGHTS, weight_table
+from categorizer.sklearn_twin import UNKNOWN, FieldTokens, Fields
+from categorizer.weights import FIELD_WEIGHTS, INTERCEPT, WEIGHTS, HeadWeights, field_table, weight_table
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
 # Python 3.9) refuses opset 22+ and IR versions above 10.
@@ -457,6 +465,61 @@ def _spread(b: _Builder, fps: str) -> str:
     return b.op("Add", [b.op("Add", [fps, above[0]]), b.op("Mul", [inner, b.const(2)])])
 
 
+# --- FIELD_TOKENS ----------------------------------------------------------------------
+
+
+def field_tokens(b: _Builder, spec: FeatureSpec, sellers: Sequence[str], starts: Sequence[int]) -> str:
+    """[1 + len(NUMBER_FIELDS), N + 1] int64: each field's token (sklearn_twin.FieldTokens'
+    layout, `starts` its fields' first tokens) of each product, and of the padding row (unknown)."""
+    seller = _seller_tokens(b, sellers)
+    numbers = b.op(
+        "Reshape", [b.op("Concat", list(NUMBER_FIELDS), axis=0), b.const([len(NUMBER_FIELDS), -1])]
+    )
+    # A number's token is its field's start + 1 + the count of its edges at or below it:
+    # each field's edges here start with -inf (the 1, which NaN, unknown, does not get)
+    # and are padded with NaN (never at or below anything, +inf included).
+    edges = _edge_table(spec)
+    at_or_above = b.op(
+        "GreaterOrEqual", [b.op("Unsqueeze", [numbers, b.const([2])]), b.const(edges, dtype=np.float32)]
+    )
+    bins = b.op("ReduceSum", [b.op("Cast", [at_or_above], to=TensorProto.INT64), b.const([2])], keepdims=0)
+    tokens = b.op("Concat", [seller, b.op("Add", [bins, b.const([[start] for start in starts[1:]])])], axis=0)
+    # The padding row gets token 0 (the unknown seller) in every field: it weighs nothing.
+    padded = b.op("Pad", [tokens, b.const([0, 0, 0, 1]), b.const(UNKNOWN)])
+    b.show("tokens", padded, "int64", rank=2)
+    return padded
+
+
+def _seller_tokens(b: _Builder, sellers: Sequence[str]) -> str:
+    """[1, N]: 1 + the seller's place in `sellers`, UNKNOWN for any other string."""
+    if not sellers:  # LabelEncoder needs keys; a model that saw no seller knows none
+        return b.op(
+            "ConstantOfShape",
+            [b.op("Concat", [b.const([1]), b.op("Shape", [SELLER])], axis=0)],
+            value=helper.make_tensor("unknown", TensorProto.INT64, [1], [UNKNOWN]),
+        )
+    seller = b.op(
+        "LabelEncoder",
+        [SELLER],
+        domain="ai.onnx.ml",
+        keys_strings=list(sellers),
+        values_int64s=list(range(1, len(sellers) + 1)),
+        default_int64=UNKNOWN,
+    )
+    return b.op("Unsqueeze", [seller, b.const([0])])
+
+
+def _edge_table(spec: FeatureSpec) -> np.ndarray:
+    """[len(NUMBER_FIELDS), 1, K] float32: -inf, each field's edges, NaN padding."""
+    widest = max(len(edges) for edges in spec.number_edges.values())
+    table = np.full((len(NUMBER_FIELDS), 1, 1 + widest), np.nan, dtype=np.float32)
+    table[:, 0, 0] = -np.inf
+    for row, name in enumerate(NUMBER_FIELDS):
+        edges = spec.number_edges[name]
+        table[row, 0, 1 : 1 + len(edges)] = edges
+    return table
+
+
 # --- HEAD_CHOICE ---------------------------------------------------------------------
 
 
@@ -483,6 +546,15 @@ def block_scores(
     for index, (block, part) in enumerate(zip(blocks, ("chars", "words"))):
         scores.append(_block_scores(b, spec, block, index, tables, n_rows, n_classes))
         b.show(part, scores[-1], "double", rank=2)
+    return scores
+
+
+def field_scores(b: _Builder, tokens: str, heads: str, n_tokens: int) -> str:
+    """[N, n_classes]: the sum of the field tokens' rows of each row's head's field table."""
+    rows = b.op("Add", [tokens, b.op("Mul", [heads, b.const(n_tokens)])])
+    gathered = b.op("Gather", [FIELD_WEIGHTS, rows], axis=0)
+    scores = b.op("ReduceSum", [gathered, b.const([0])], keepdims=0)
+    b.show("fields", scores, "double", rank=2)
     return scores
 
 
@@ -558,18 +630,33 @@ def probabilities(b: _Builder, blocks: Sequence[str], heads: str, labels: Sequen
 # --- the whole graph ----------------------------------------------------------------------
 
 
+def feeds(batch: Sequence[Doc], fields: Optional[Fields] = None) -> Dict[str, np.ndarray]:
+    """The graph's inputs for `batch` and its listing fields (None: every field unknown)."""
+    known = Fields.unknown(len(batch)) if fields is None else fields
+    inputs = {
+        "title": np.array([title for title, _ in batch], dtype=object),
+        "concatenated_tags": np.array([tags for _, tags in batch], dtype=object),
+        SELLER: np.array(list(known.sellers), dtype=object),
+    }
+    for column, name in enumerate(NUMBER_FIELDS):
+        inputs[name] = np.ascontiguousarray(known.numbers[:, column])
+    return inputs
+
+
 def build_model(
     spec: FeatureSpec,
-    heads: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]],
+    heads: Sequence[HeadWeights],
     labels: Sequence[str],
     metadata: Dict[str, str],
+    fields: FieldTokens,
     expose: Collection[str] = (),
 ) -> onnx.ModelProto:
-    """The serving graph for fitted tf-idf + linear heads over `spec`'s hashed features.
+    """The serving graph for fitted tf-idf + linear heads over `spec`'s hashed features
+    and the field tokens laid out by `fields`.
 
-    `heads` holds (idf, coef, intercept) of the title head, then of the tags
-    head; coef is ``[n_classes, n_features]`` as scikit-learn stores it. idf
-    and coef must lie on model.round_weights' grid (model.fit rounds them).
+    `heads` holds the title head's weights, then the tags head's; coef is
+    ``[n_classes, n_features]`` as scikit-learn stores it. idf and coef must lie on
+    model.round_weights' grid (model.fit rounds them).
     `expose` names stages (features.STAGES) whose tensors become extra outputs;
     tensors per row or per place then include one padding row (row N) and its places.
     """
@@ -579,8 +666,10 @@ def build_model(
     if unknown:
         raise ValueError(f"no such stage(s) {unknown}; the stages are {list(STAGES)}")
     b = _Builder(expose=frozenset(expose))
-    b.weight(WEIGHTS, np.vstack([weight_table(idf, coef) for idf, coef, _ in heads]))
-    b.weight(INTERCEPT, np.stack([np.asarray(intercept, dtype=np.float64) for _, _, intercept in heads]))
+    b.weight(WEIGHTS, np.vstack([weight_table(head.idf, head.coef) for head in heads]))
+    b.weight(INTERCEPT, np.stack([np.asarray(head.intercept, dtype=np.float64) for head in heads]))
+    values = fields.values_()
+    b.weight(FIELD_WEIGHTS, np.vstack([field_table(values, head.field_coef) for head in heads]))
     with b.building(STREAM):
         # One empty row more: for an empty batch the Tokenizer answers a 1-D tensor that
         # the rest of the graph cannot take (onnxruntime aborted the process). The extra
@@ -598,11 +687,14 @@ def build_model(
     with b.building(BUCKETS):
         words_block = _Families(grams.values + skips.values, grams.valid + skips.valid, grams.rows)
         char_block, word_block = buckets(b, spec, [chars, words_block])
+    with b.building(FIELD_TOKENS):
+        tokens = field_tokens(b, spec, fields.sellers_, fields.starts_.tolist())
     with b.building(HEAD_CHOICE):
         head = head_choice(b, tags)
     with b.building(BLOCK_SCORES):
         n_rows = b.op("Shape", [title])
         scores = block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))
+        scores.append(field_scores(b, tokens, head, fields.width_))
     with b.building(PROBABILITIES):
         probabilities(b, scores, head, labels, b.op("Shape", ["title"]))
     return _model(b, len(labels), metadata)
@@ -612,7 +704,8 @@ def _model(b: _Builder, n_classes: int, metadata: Dict[str, str]) -> onnx.ModelP
     inputs = [
         helper.make_tensor_value_info("title", TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info("concatenated_tags", TensorProto.STRING, ["N"]),
-    ]
+        helper.make_tensor_value_info(SELLER, TensorProto.STRING, ["N"]),
+    ] + [helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N"]) for name in NUMBER_FIELDS]
     outputs = [
         helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", n_classes]),

@@ -2,23 +2,42 @@
 
 from __future__ import annotations
 
-from typing import Dict, Hashable, List, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from categorizer.features import Doc, FeatureSpec
+from categorizer.features import NUMBER_FIELDS, SELLER, Doc, FeatureSpec
 from categorizer.heads import EMPTY_TAGS, TAGS_HEAD, heads_of_tags
-from categorizer.sklearn_twin import words
+from categorizer.sklearn_twin import Fields, words
 
 
 def clean(frame: pd.DataFrame) -> pd.DataFrame:
-    """Text columns as tidy strings; rows without a usable title dropped."""
+    """Text columns as tidy strings, sellers as strings ("" unknown), numbers as
+    floats (NaN unknown); rows without a usable title dropped."""
     out = frame.copy()
     out["title"] = _squash(out["title"])
     out["concatenated_tags"] = _squash(out["concatenated_tags"])
     out["query"] = _squash(out["query"])
+    out[SELLER] = seller_ids(out[SELLER]) if SELLER in out else ""
+    for name in NUMBER_FIELDS:
+        out[name] = pd.to_numeric(out[name], errors="coerce") if name in out else np.nan
     return out[out["title"] != ""].reset_index(drop=True)
+
+
+def seller_ids(column: pd.Series) -> pd.Series:
+    """Seller ids as the model takes them: decimal strings ("9835835", never
+    "9835835.0" from a column that pandas read as floats), "" when missing."""
+    if pd.api.types.is_numeric_dtype(column):
+        whole = column.dropna()
+        if (whole == np.floor(whole)).all():
+            return column.map(lambda v: "" if pd.isna(v) else str(int(v)))
+    return column.map(lambda v: "" if pd.isna(v) else str(v).strip())
+
+
+def fields_of(frame: pd.DataFrame) -> Fields:
+    """The listing fields of cleaned rows."""
+    return Fields.of(frame[SELLER].tolist(), {name: frame[name].to_numpy() for name in NUMBER_FIELDS})
 
 
 def _squash(column: pd.Series) -> pd.Series:
@@ -79,6 +98,23 @@ def docs(titles: Sequence[str], tags: Optional[Sequence[str]] = None) -> List[Do
     return list(zip(titles, tags if tags is not None else [EMPTY_TAGS] * len(titles)))
 
 
+# The inputs a client may send, by name: (with its tags, with its listing fields).
+# Reports and tables of the validation use these names.
+VIEWS: Dict[str, Tuple[bool, bool]] = {
+    "title_only": (False, False),
+    "title_and_tags": (True, False),
+    "title_and_fields": (False, True),
+    "title_tags_and_fields": (True, True),
+}
+
+
+def view(frame: pd.DataFrame, name: str) -> Tuple[List[Doc], Optional[Fields]]:
+    """The docs and fields (None: every field unknown) of cleaned rows as the view `name` sends them."""
+    with_tags, with_fields = VIEWS[name]
+    batch = docs(frame["title"].tolist(), frame["concatenated_tags"].tolist() if with_tags else None)
+    return batch, fields_of(frame) if with_fields else None
+
+
 def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
     """Every product twice: title only (what most clients send) and title + tags."""
     titles = frame["title"].tolist()
@@ -86,22 +122,64 @@ def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
     return both, np.concatenate([frame["category"].to_numpy()] * 2)
 
 
+class Examples(NamedTuple):
+    """Training examples: docs, their listing fields, categories, sample weights."""
+
+    docs: List[Doc]
+    fields: Fields
+    target: np.ndarray
+    weights: np.ndarray
+
+    def then(self, other: Examples) -> Examples:
+        """These examples, then `other`'s."""
+        return Examples(
+            self.docs + other.docs,
+            self.fields.concat(other.fields),
+            np.concatenate([self.target, other.target]),
+            np.concatenate([self.weights, other.weights]),
+        )
+
+
+def _examples(
+    batch: List[Doc], target: np.ndarray, weights: np.ndarray, fields: Optional[Fields] = None
+) -> Examples:
+    return Examples(batch, Fields.unknown(len(batch)) if fields is None else fields, target, weights)
+
+
 def training_examples(
-    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0
-) -> Tuple[List[Doc], np.ndarray, np.ndarray]:
-    """(docs, categories, sample weights): both views of each distinct product,
-    weight one, then each search query as a title, weighted by its category
-    share, then (when tags_only_weight > 0) the tags of each product that has them:
-    one example per product, so tags that many products share weigh more."""
+    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0, fields_weight: float = 0.0
+) -> Examples:
+    """Both views of each distinct product without its fields, weight one; each
+    search query as a title, weighted by its category share; when fields_weight
+    > 0, both views again with the product's fields; and when tags_only_weight
+    > 0, the tags of each product that has them: one example per product, so
+    tags that many products share weigh more.
+
+    The views without fields teach the text alone, which serves a caller who
+    sends no fields as well as before the fields existed; the views with them
+    teach what a field adds to the same text.
+    """
     distinct = deduplicate(rows)
     batch, target = training_views(distinct)
+    examples = _examples(batch, target, np.ones(len(batch)))
     queries = query_shares(rows)
-    weights = np.concatenate([np.ones(len(batch)), query_weight * queries["share"].to_numpy()])
-    target = np.concatenate([target, queries["category"].to_numpy()])
-    batch = batch + docs(queries["query"].tolist())
+    examples = examples.then(
+        _examples(
+            docs(queries["query"].tolist()),
+            queries["category"].to_numpy(),
+            query_weight * queries["share"].to_numpy(),
+        )
+    )
+    if fields_weight > 0:
+        both = fields_of(distinct).concat(fields_of(distinct))
+        examples = examples.then(_examples(batch, target, np.full(len(batch), fields_weight), both))
     if tags_only_weight > 0:
         tagged = distinct[heads_of_tags(distinct["concatenated_tags"]) == TAGS_HEAD]
-        batch = batch + docs([""] * len(tagged), tagged["concatenated_tags"].tolist())
-        weights = np.concatenate([weights, np.full(len(tagged), tags_only_weight)])
-        target = np.concatenate([target, tagged["category"].to_numpy()])
-    return batch, target, weights
+        examples = examples.then(
+            _examples(
+                docs([""] * len(tagged), tagged["concatenated_tags"].tolist()),
+                tagged["category"].to_numpy(),
+                np.full(len(tagged), tags_only_weight),
+            )
+        )
+    return examples

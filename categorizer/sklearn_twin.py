@@ -9,7 +9,8 @@ scikit-learn pipeline, and the head's SGDClassifier is the rest.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple, TypeVar
+from dataclasses import dataclass
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -18,7 +19,16 @@ from sklearn.feature_extraction.text import TfidfTransformer
 from sklearn.linear_model import SGDClassifier
 from sklearn.utils import murmurhash3_32
 
-from categorizer.features import FINGERPRINT_MASK, SKIP_MARK, SPACE, WORD_MARK, Doc, FeatureSpec, codes
+from categorizer.features import (
+    FINGERPRINT_MASK,
+    NUMBER_FIELDS,
+    SKIP_MARK,
+    SPACE,
+    WORD_MARK,
+    Doc,
+    FeatureSpec,
+    codes,
+)
 from categorizer.heads import heads_of
 
 T = TypeVar("T")
@@ -196,6 +206,122 @@ class _Places:
         return np.repeat(np.arange(len(self.sizes), dtype=np.int64), self.sizes)
 
 
+# --- field tokens ---------------------------------------------------------------
+
+# A field's token for "unknown": the first of its tokens, which weighs nothing.
+UNKNOWN = 0
+
+
+@dataclass(frozen=True)
+class Fields:
+    """The listing fields of a batch of products, a column each: the sellers
+    ("" unknown) and the numbers, [N, len(NUMBER_FIELDS)] float32 (NaN unknown)."""
+
+    sellers: Tuple[str, ...]
+    numbers: np.ndarray
+
+    def __post_init__(self) -> None:
+        if self.numbers.shape != (len(self.sellers), len(NUMBER_FIELDS)):
+            raise ValueError(
+                f"numbers must be [{len(self.sellers)}, {len(NUMBER_FIELDS)}], got {self.numbers.shape}"
+            )
+        if self.numbers.dtype != np.float32:
+            raise ValueError(f"numbers must be float32 (the graph's input type), got {self.numbers.dtype}")
+
+    @classmethod
+    def of(cls, sellers: Sequence[str], numbers: Mapping[str, Sequence[float]]) -> Fields:
+        """From a seller column and a column per number field (a field left out is unknown)."""
+        rows = len(sellers)
+        table = np.full((rows, len(NUMBER_FIELDS)), np.nan, dtype=np.float32)
+        for column, name in enumerate(NUMBER_FIELDS):
+            if name in numbers:
+                table[:, column] = np.asarray(numbers[name], dtype=np.float64)
+        return cls(tuple(sellers), table)
+
+    @classmethod
+    def unknown(cls, rows: int) -> Fields:
+        """Every field unknown for `rows` products: the text-only view."""
+        return cls.of([""] * rows, {})
+
+    def __len__(self) -> int:
+        return len(self.sellers)
+
+    def take(self, rows: Sequence[int]) -> Fields:
+        return Fields(tuple(self.sellers[i] for i in rows), self.numbers[np.asarray(rows, dtype=np.intp)])
+
+    def concat(self, other: Fields) -> Fields:
+        return Fields(self.sellers + other.sellers, np.concatenate([self.numbers, other.numbers]))
+
+
+class FieldTokens(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+    """The field block: each product's token per field, [N, width_] worth the
+    spec's values (an unknown field's token has no column value).
+
+    Tokens are laid out field after field: the seller's (unknown, then the
+    sellers seen in fit, sorted), then each number field's (unknown, then its
+    bins). The graph's table has one row per token, in this order.
+    """
+
+    def __init__(self, spec: FeatureSpec) -> None:
+        self.spec = spec
+
+    def fit(self, fields: Fields, y: Optional[np.ndarray] = None) -> FieldTokens:
+        return self.set_sellers(sorted({seller for seller in fields.sellers if seller}))
+
+    def set_sellers(self, sellers: Sequence[str]) -> FieldTokens:
+        """Fitted with these seller tokens (a file's, read back), in this order."""
+        if "" in sellers:
+            raise ValueError('"" is the unknown seller, not a seller token')
+        self.sellers_ = tuple(sellers)
+        return self
+
+    @property
+    def starts_(self) -> np.ndarray:
+        """Each field's first token (its unknown), seller first."""
+        sizes = [1 + len(self.sellers_)] + [self.spec.number_tokens[name] for name in NUMBER_FIELDS]
+        return np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+
+    @property
+    def width_(self) -> int:
+        return 1 + len(self.sellers_) + sum(self.spec.number_tokens.values())
+
+    def values_(self) -> np.ndarray:
+        """Each token's value: 0 for the unknowns, else its field's value from the spec."""
+        values = np.full(self.width_, self.spec.number_value)
+        values[: 1 + len(self.sellers_)] = self.spec.seller_value
+        values[self.starts_] = 0.0
+        return values
+
+    def tokens(self, fields: Fields) -> np.ndarray:
+        """FIELD_TOKENS: [N, 1 + len(NUMBER_FIELDS)] int64, each field's token of each product."""
+        tokens: np.ndarray = field_tokens(self.spec, self.sellers_, fields) + self.starts_
+        return tokens
+
+    def transform(self, fields: Fields) -> sp.csr_matrix:
+        tokens = self.tokens(fields)
+        values = self.values_()[tokens]
+        rows = np.repeat(np.arange(len(fields)), tokens.shape[1])
+        matrix = sp.csr_matrix((values.ravel(), (rows, tokens.ravel())), shape=(len(fields), self.width_))
+        matrix.eliminate_zeros()
+        return matrix
+
+
+def field_tokens(spec: FeatureSpec, sellers: Sequence[str], fields: Fields) -> np.ndarray:
+    """Each field's token of each product, counted from the field's own first
+    token (UNKNOWN): the seller's place in `sellers` plus one, a number's bin."""
+    known = {seller: i + 1 for i, seller in enumerate(sellers)}
+    seller = np.array([known.get(s, UNKNOWN) for s in fields.sellers], dtype=np.int64)
+    numbers = [_bins(spec.number_edges[name], fields.numbers[:, i]) for i, name in enumerate(NUMBER_FIELDS)]
+    return np.column_stack([seller, *numbers]).reshape(len(fields), 1 + len(NUMBER_FIELDS))
+
+
+def _bins(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
+    """1 + the count of edges at or below each value, UNKNOWN for NaN (float32 compares)."""
+    bins = 1 + np.searchsorted(np.asarray(edges, dtype=np.float32), values, side="right")
+    out: np.ndarray = np.where(np.isnan(values), UNKNOWN, bins).astype(np.int64)
+    return out
+
+
 # --- head choice ----------------------------------------------------------------
 
 
@@ -245,18 +371,22 @@ class OccurrenceTfidf(TfidfTransformer):  # type: ignore[misc]
         return rows, (matrix.indices >= self.block_width).astype(np.intp)
 
 
-def block_scores(tfidf: OccurrenceTfidf, sgd: SGDClassifier, counts: sp.csr_matrix) -> List[np.ndarray]:
-    """BLOCK_SCORES: each block's tf-idf row dotted with its coefficients, [N, n_classes] per block.
+def block_scores(
+    tfidf: OccurrenceTfidf, sgd: SGDClassifier, counts: sp.csr_matrix, field_tokens: sp.csr_matrix
+) -> List[np.ndarray]:
+    """BLOCK_SCORES: each block's row dotted with its coefficients, [N, n_classes] per
+    block: the characters' and the words' tf-idf, then the field tokens (FieldTokens).
 
     Their sum plus the intercept is the classifier's decision function; its
     predict_proba (one-vs-rest sigmoids over their sum) is PROBABILITIES.
     """
     weighted = tfidf.transform(counts)
     width = tfidf.block_width
-    return [
+    text = [
         np.asarray(weighted[:, cols] @ sgd.coef_[:, cols].T)
         for cols in (slice(0, width), slice(width, 2 * width))
     ]
+    return [*text, np.asarray(field_tokens @ sgd.coef_[:, 2 * width :].T)]
 
 
 # --- for people -------------------------------------------------------------------

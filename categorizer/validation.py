@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import io
 import unicodedata
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
 from sklearn.model_selection import StratifiedGroupKFold
 
-from categorizer.features import Doc
+from categorizer.features import SELLER, Doc
 from categorizer.model import RANDOM_STATE
-from categorizer.prepare import docs
+from categorizer.prepare import VIEWS, docs, view
+from categorizer.sklearn_twin import Fields
 
 # One fold in five held out: about 20% of the product/title groups.
 N_FOLDS = 5
@@ -101,16 +102,49 @@ def _png(fig: Any) -> bytes:
     return buffer.getvalue()
 
 
+Predict = Callable[[List[Doc], Optional[Fields]], np.ndarray]
+
+
 def evaluate(
-    predict: Callable[[List[Doc]], np.ndarray], frame: pd.DataFrame, labels: Sequence[str]
+    predict: Predict, frame: pd.DataFrame, labels: Sequence[str], train: Optional[pd.DataFrame] = None
 ) -> Dict[str, Any]:
-    """Reports for the two inputs clients send: the title alone, and title + tags."""
-    titles = frame["title"].tolist()
+    """A report per input view (prepare.VIEWS: the title alone, with tags, with the
+    listing fields, with both). Given the `train` rows, each report also says how
+    products of sellers seen in training and of the others fare (sellers())."""
     truth = frame["category"].tolist()
-    with_tags = docs(titles, frame["concatenated_tags"].tolist())
+    reports = {}
+    for name in VIEWS:
+        predicted = list(predict(*view(frame, name)))
+        reports[name] = report(truth, predicted, labels)
+        if train is not None:
+            reports[name]["sellers"] = sellers(truth, predicted, labels, seller_groups(frame, train))
+    return reports
+
+
+def seller_groups(frame: pd.DataFrame, train: pd.DataFrame) -> Dict[str, np.ndarray]:
+    """Masks of `frame`'s rows: sellers seen in `train`, the others, and products
+    of seen sellers outside the seller's main category in `train` (a seller
+    trying a new line: where a seller's history points the wrong way)."""
+    main = train.groupby(SELLER)["category"].agg(lambda c: c.value_counts().index[0])
+    known = frame[SELLER].isin(main.index).to_numpy() & (frame[SELLER] != "").to_numpy()
+    usual = frame[SELLER].map(main).to_numpy()
+    return {"seen": known, "unseen": ~known, "seen_new_line": known & (usual != frame["category"].to_numpy())}
+
+
+def sellers(
+    truth: Sequence[str], predicted: Sequence[str], labels: Sequence[str], groups: Dict[str, np.ndarray]
+) -> Dict[str, Dict[str, float]]:
+    """Macro-F1, accuracy and size of each seller group (seller_groups)."""
+    true, pred = np.asarray(truth, dtype=object), np.asarray(predicted, dtype=object)
     return {
-        "title_only": report(truth, list(predict(docs(titles))), labels),
-        "title_and_tags": report(truth, list(predict(with_tags)), labels),
+        name: {
+            "macro_f1": float(
+                f1_score(true[mask], pred[mask], labels=list(labels), average="macro", zero_division=0)
+            ),
+            "accuracy": float(np.mean(true[mask] == pred[mask])) if mask.any() else 0.0,
+            "n": int(mask.sum()),
+        }
+        for name, mask in groups.items()
     }
 
 
@@ -120,8 +154,8 @@ def strip_accents(text: str) -> str:
     return unicodedata.normalize("NFC", "".join(ch for ch in decomposed if not unicodedata.combining(ch)))
 
 
-def accent_invariance(predict: Callable[[List[Doc]], np.ndarray], titles: Sequence[str]) -> float:
+def accent_invariance(predict: Predict, titles: Sequence[str]) -> float:
     """Share of titles whose label survives stripping their accents."""
-    original = predict(docs(list(titles)))
-    stripped = predict(docs([strip_accents(title) for title in titles]))
+    original = predict(docs(list(titles)), None)
+    stripped = predict(docs([strip_accents(title) for title in titles]), None)
     return float(np.mean(original == stripped))

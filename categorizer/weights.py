@@ -20,6 +20,9 @@ DATA_SHA256_KEY = "training_data_sha256"
 # The confidence table (categorizer/confidence.py), by input view; files exported
 # before it existed have none.
 CONFIDENCE_KEY = "confidence"
+# What each input of the graph is (JSON: type, unit, what "unknown" is), from
+# feature format 4 on.
+INPUTS_KEY = "inputs"
 
 # Initializer names of the learned weights. WEIGHTS stacks one table per head,
 # each [n_features + 1, 1 + n_classes] float32: per bucket, idf**2 then idf * coef
@@ -33,14 +36,21 @@ CONFIDENCE_KEY = "confidence"
 # INTERCEPT is [n_heads, n_classes] float64. Heads in heads' order: title, tags.
 WEIGHTS = "weights"
 INTERCEPT = "intercept"
+# FIELD_WEIGHTS stacks one table per head, each [field tokens, n_classes] float64:
+# per token (sklearn_twin.FieldTokens' layout), its value times each class's
+# coefficient, zero for the unknowns. The values are powers of two, so the
+# coefficients read back exactly.
+FIELD_WEIGHTS = "field_weights"
 
 
 class HeadWeights(NamedTuple):
-    """One head's weights: idf [n_features], coef [n_classes, n_features], intercept [n_classes]."""
+    """One head's weights: idf [n_features], coef [n_classes, n_features], intercept
+    [n_classes], and field_coef [n_classes, field tokens]."""
 
     idf: np.ndarray
     coef: np.ndarray
     intercept: np.ndarray
+    field_coef: np.ndarray
 
 
 # Significant bits kept of idf and of coefficients: 11 + 13 = 24, float32's
@@ -96,10 +106,27 @@ def split_weight_table(weights: np.ndarray) -> List[Tuple[np.ndarray, np.ndarray
     return heads
 
 
-def read_heads(initializers: Mapping[str, np.ndarray]) -> List[HeadWeights]:
-    """Each head's weights back from a file's initializers (WEIGHTS and INTERCEPT)."""
+def field_table(values: np.ndarray, field_coef: np.ndarray) -> np.ndarray:
+    """One head's FIELD_WEIGHTS table from the tokens' values and field_coef [n_classes, tokens]."""
+    coef = np.asarray(field_coef, dtype=np.float64)
+    if not np.isfinite(coef).all():
+        raise ValueError("field coefficients must be finite (did training diverge?)")
+    if (coef[:, values == 0] != 0).any():
+        raise ValueError("an unknown field token has a coefficient: it never occurs in training")
+    table: np.ndarray = (coef * values).T
+    return table
+
+
+def read_heads(initializers: Mapping[str, np.ndarray], values: np.ndarray) -> List[HeadWeights]:
+    """Each head's weights back from a file's initializers (WEIGHTS, INTERCEPT and
+    FIELD_WEIGHTS), given the field tokens' values (FieldTokens.values_)."""
     tables = split_weight_table(initializers[WEIGHTS])
     intercepts = initializers[INTERCEPT]
+    fields = np.split(initializers[FIELD_WEIGHTS], N_HEADS)
     if len(intercepts) != len(tables):
         raise ValueError(f"{len(tables)} weight tables but {len(intercepts)} intercept rows")
-    return [HeadWeights(idf, coef, intercept) for (idf, coef), intercept in zip(tables, intercepts)]
+    scale = np.where(values == 0, 1.0, values)[:, None]
+    return [
+        HeadWeights(idf, coef, intercept, (field / scale).T)
+        for (idf, coef), intercept, field in zip(tables, intercepts, fields)
+    ]

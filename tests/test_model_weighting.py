@@ -9,7 +9,7 @@ import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
 from categorizer.heads import TAGS_HEAD, TITLE_HEAD
-from categorizer.prepare import training_examples
+from categorizer.prepare import clean, training_examples
 from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
 
 
@@ -64,18 +64,26 @@ def test_without_repeats_a_block_has_unit_l2_norm() -> None:
 
 def listing_rows() -> pd.DataFrame:
     """Three searches: one product shown twice, one without tags."""
-    return pd.DataFrame(
-        {
-            "title": ["Caneca", "Caneca", "Body"],
-            "concatenated_tags": ["azul", "azul", ""],
-            "query": ["caneca", "xicara", "caneca"],
-            "category": ["Decoração", "Decoração", "Bebê"],
-        }
+    return clean(
+        pd.DataFrame(
+            {
+                "title": ["Caneca", "Caneca", "Body"],
+                "concatenated_tags": ["azul", "azul", ""],
+                "query": ["caneca", "xicara", "caneca"],
+                "category": ["Decoração", "Decoração", "Bebê"],
+                "seller_id": [7, 7, 9],
+                "price": [10.5, 10.5, 30.0],
+                "weight": [200.0, 200.0, None],
+                "minimum_quantity": [1, 1, 2],
+                "express_delivery": [1, 1, 0],
+            }
+        )
     )
 
 
 def test_training_examples_are_both_views_then_weighted_queries() -> None:
-    batch, target, weights = training_examples(listing_rows(), query_weight=0.5)
+    examples = training_examples(listing_rows(), query_weight=0.5)
+    batch, target, weights = examples.docs, examples.target, examples.weights
     # A product shown by two searches is one example per view.
     assert batch[:4] == [("Caneca", ""), ("Body", ""), ("Caneca", "azul"), ("Body", "")]
     assert target[:4].tolist() == ["Decoração", "Bebê", "Decoração", "Bebê"]
@@ -86,15 +94,31 @@ def test_training_examples_are_both_views_then_weighted_queries() -> None:
         (("xicara", ""), "Decoração", 0.5),
     ]
     assert weights[:4].tolist() == [1.0] * 4
+    # Without fields_weight no example carries a field.
+    assert examples.fields.sellers == ("",) * 7
+    assert np.isnan(examples.fields.numbers).all()
+
+
+def test_the_views_come_again_with_their_fields_before_the_tags_alone() -> None:
+    plain = training_examples(listing_rows(), query_weight=0.5)
+    examples = training_examples(listing_rows(), query_weight=0.5, tags_only_weight=0.7, fields_weight=0.8)
+    assert examples.docs == [*plain.docs, *plain.docs[:4], ("", "azul")]
+    assert examples.weights.tolist() == [*plain.weights.tolist(), 0.8, 0.8, 0.8, 0.8, 0.7]
+    assert examples.target[7:11].tolist() == plain.target[:4].tolist()
+    assert examples.fields.sellers == ("",) * 7 + ("7", "9", "7", "9") + ("",)
+    np.testing.assert_array_equal(
+        examples.fields.numbers[7:9], np.array([[10.5, 200.0, 1, 1], [30.0, np.nan, 2, 0]], dtype=np.float32)
+    )
+    assert np.isnan(examples.fields.numbers[[*range(7), 11]]).all()
 
 
 def test_the_tags_head_also_learns_from_tags_alone() -> None:
-    without, target_without, weights_without = training_examples(listing_rows(), query_weight=0.5)
-    batch, target, weights = training_examples(listing_rows(), query_weight=0.5, tags_only_weight=0.7)
+    without = training_examples(listing_rows(), query_weight=0.5)
+    examples = training_examples(listing_rows(), query_weight=0.5, tags_only_weight=0.7)
     # Only the product with tags adds a tags-only example, last, at the given weight.
-    assert batch == [*without, ("", "azul")]
-    assert target.tolist() == [*target_without.tolist(), "Decoração"]
-    assert weights.tolist() == [*weights_without.tolist(), 0.7]
+    assert examples.docs == [*without.docs, ("", "azul")]
+    assert examples.target.tolist() == [*without.target.tolist(), "Decoração"]
+    assert examples.weights.tolist() == [*without.weights.tolist(), 0.7]
 
 
 def test_head_choice_reads_only_whether_tags_are_empty() -> None:

@@ -9,7 +9,7 @@ valid); per-row stages row by row. End-to-end parity is tests/test_onnx_parity.p
 
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -24,7 +24,10 @@ from categorizer.features import (
     BLOCK_SCORES,
     BUCKETS,
     CHAR_FINGERPRINTS,
+    FIELD_TOKENS,
     HEAD_CHOICE,
+    LISTING_FIELDS,
+    NUMBER_FIELDS,
     PROBABILITIES,
     SKIP_FINGERPRINTS,
     STAGES,
@@ -33,29 +36,34 @@ from categorizer.features import (
     Doc,
 )
 from categorizer.model import Model, weights_of
-from categorizer.onnx_graph import build_model
+from categorizer.onnx_graph import build_model, feeds
 from categorizer.prepare import docs
+from categorizer.sklearn_twin import Fields
 from tests.datasets import model_file, public_test_csv
-from tests.test_onnx_parity import LATIN, RANDOM_MODELS, TEXT, adversarial_pairs
+from tests.test_onnx_parity import LATIN, RANDOM_MODELS, SELLERS, TEXT, adversarial_pairs, field_combinations
 
 Outputs = Dict[str, np.ndarray]
 
 
 def exposing(model: Model) -> ort.InferenceSession:
-    onx = build_model(model.spec, weights_of(model), model.labels, {}, expose=STAGES)
+    onx = build_model(model.spec, weights_of(model), model.labels, {}, model.fields, expose=STAGES)
     return ort.InferenceSession(onx.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
 SESSIONS = {name: exposing(model) for name, model in RANDOM_MODELS.items()}
 
 
-def run(session: ort.InferenceSession, batch: Sequence[Doc]) -> Outputs:
-    feeds = {
-        "title": np.array([title for title, _ in batch], dtype=object),
-        "concatenated_tags": np.array([tags for _, tags in batch], dtype=object),
-    }
+def run(session: ort.InferenceSession, batch: Sequence[Doc], fields: Fields) -> Outputs:
     names = [output.name for output in session.get_outputs()]
-    return dict(zip(names, session.run(names, feeds)))
+    return dict(zip(names, session.run(names, feeds(batch, fields))))
+
+
+def some_fields(rows: int) -> Fields:
+    """Fields for `rows` products: row i has field f unknown when bit f of i is set,
+    sellers known and not, numbers below, on and above the default edges."""
+    sellers = [SELLERS[i % len(SELLERS)] if i % 7 else "unknown seller" for i in range(rows)]
+    numbers = [[0.1 * 3**i % 500, 2.0**i % 70000, float(i % 5), float(i % 2)] for i in range(rows)]
+    return field_combinations(Fields.of(sellers, dict(zip(NUMBER_FIELDS, np.array(numbers).T))))
 
 
 def bags(out: Outputs, prefix: str, n_rows: int) -> List[List[int]]:
@@ -89,8 +97,11 @@ def bucket_bags(model: Model, batch: Sequence[Doc], block: int) -> List[List[int
     return [sorted(twin.buckets(model.spec, np.array(fps, dtype=np.int64)).tolist()) for fps in found]
 
 
-def check_stage(stage: str, model: Model, session: ort.InferenceSession, batch: List[Doc]) -> None:
-    out, n = run(session, batch), len(batch)
+def check_stage(
+    stage: str, model: Model, session: ort.InferenceSession, batch: List[Doc], fields: Optional[Fields] = None
+) -> None:
+    fields = some_fields(len(batch)) if fields is None else fields
+    out, n = run(session, batch, fields), len(batch)
     if stage == STREAM:
         assert onnx_stream(out, n) == expected_stream(model, batch)
     elif stage == CHAR_FINGERPRINTS:
@@ -102,24 +113,26 @@ def check_stage(stage: str, model: Model, session: ort.InferenceSession, batch: 
     elif stage == BUCKETS:
         assert bags(out, f"{stage}.chars", n) == bucket_bags(model, batch, twin.CHAR_BLOCK)
         assert bags(out, f"{stage}.words", n) == bucket_bags(model, batch, twin.WORD_BLOCK)
+    elif stage == FIELD_TOKENS:
+        # Tokens are [fields, N + 1]; the padding row's are all 0, the seller's unknown.
+        tokens = model.fields.tokens(fields).tolist()
+        assert out[f"{stage}.tokens"].T.tolist() == [*tokens, [0] * len(LISTING_FIELDS)]
     elif stage == HEAD_CHOICE:
         assert out[f"{stage}.heads"][:n].tolist() == twin.head_choice(batch).tolist()
     elif stage == BLOCK_SCORES:
-        for part, expected in zip(("chars", "words"), model.block_scores(batch)):
+        for part, expected in zip(("chars", "words", "fields"), model.block_scores(batch, fields)):
             np.testing.assert_allclose(out[f"{stage}.{part}"][:n], expected, rtol=1e-9, atol=1e-12)
     elif stage == PROBABILITIES:
-        check_probabilities(model, out, batch)
+        check_probabilities(model, out, batch, fields)
     else:
         raise AssertionError(f"no parity check for stage {stage!r}")
 
 
-def check_probabilities(model: Model, out: Outputs, batch: List[Doc]) -> None:
-    decision = np.zeros((len(batch), len(model.labels)))
-    for head, rows in model._routes(batch):
-        decision[rows] = model.heads[head].decision_function([batch[i] for i in rows])
+def check_probabilities(model: Model, out: Outputs, batch: List[Doc], fields: Fields) -> None:
+    decision = model.decision_function(batch, fields)
     np.testing.assert_allclose(out[f"{PROBABILITIES}.scores"], decision, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(out["probabilities"], model.predict_proba(batch), atol=1e-6)
-    assert out["label"].tolist() == model.predict(batch).tolist()
+    np.testing.assert_allclose(out["probabilities"], model.predict_proba(batch, fields), atol=1e-6)
+    assert out["label"].tolist() == model.predict(batch, fields).tolist()
 
 
 # --- the tests: one per stage ----------------------------------------------------
@@ -158,4 +171,5 @@ def test_artifact_stage_matches_on_public_test_file(
 ) -> None:
     frame = prepare.clean(pd.read_csv(public_test_csv())).head(200)
     tags = [tag if i % 2 else "" for i, tag in enumerate(frame["concatenated_tags"])]
-    check_stage(stage, *artifact, docs(frame["title"].tolist(), tags))
+    fields = field_combinations(prepare.fields_of(frame))
+    check_stage(stage, *artifact, docs(frame["title"].tolist(), tags), fields)
