@@ -67,14 +67,11 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     kernel times, and "between nodes" is what the kernels leave of the whole.
     """
     rows = [titles[i % len(titles)] for i in range(batch)]
-    feeds = {
-        "title": np.array(rows, dtype=np.str_),
-        "concatenated_tags": np.array([""] * batch, dtype=np.str_),
-    }
     calls = CALLS.get(batch, 20)
     # The first tenth of the calls warms caches up and is left out of the medians.
     skip = max(1, calls // 10)
     plain = session(model_path)
+    feeds = unknown_fields(plain, rows)
     walls = [_timed(plain, feeds) for _ in range(calls)][skip:]
     with tempfile.TemporaryDirectory() as tmp:
         profiled = session(model_path, tmp)
@@ -86,6 +83,17 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     out[BETWEEN_NODES] = max(0.0, total - sum(out.values()))
     out["total"] = total
     return out
+
+
+def unknown_fields(model: ort.InferenceSession, titles: Sequence[str]) -> Dict[str, np.ndarray]:
+    """The model's inputs for `titles` alone: every other input unknown ("" or NaN)."""
+    feeds: Dict[str, np.ndarray] = {"title": np.array(titles, dtype=np.str_)}
+    for given in model.get_inputs():
+        if given.type == "tensor(float)":
+            feeds[given.name] = np.full(len(titles), np.nan, np.float32)
+        elif given.name != "title":
+            feeds[given.name] = np.zeros(len(titles), dtype="<U1")
+    return feeds
 
 
 def _timed(run: ort.InferenceSession, feeds: Dict[str, np.ndarray]) -> float:

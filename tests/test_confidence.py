@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 import numpy as np
 import pandas as pd
@@ -12,6 +12,8 @@ import pytest
 
 from categorizer import confidence, export
 from categorizer.features import Doc, FeatureSpec
+from categorizer.prepare import clean
+from categorizer.sklearn_twin import Fields
 from categorizer.weights import CONFIDENCE_KEY
 from tests.test_onnx_parity import random_model
 
@@ -79,16 +81,35 @@ def test_probabilities_must_have_a_row_per_product_and_a_column_per_label() -> N
         confidence.table(["a", "b"], LABELS, rows(0.9))
 
 
-def test_evaluate_scores_both_views() -> None:
-    seen: List[List[Doc]] = []
+def test_evaluate_scores_every_view() -> None:
+    seen: List[Tuple[List[Doc], Optional[Fields]]] = []
 
-    def predict_proba(batch: List[Doc]) -> np.ndarray:
-        seen.append(batch)
+    def predict_proba(batch: List[Doc], fields: Optional[Fields]) -> np.ndarray:
+        seen.append((batch, fields))
         return rows(*[0.9 if tags else 0.6 for _, tags in batch])
 
-    frame = pd.DataFrame({"title": ["x", "y"], "concatenated_tags": ["t", "u"], "category": ["a", "b"]})
+    frame = clean(
+        pd.DataFrame(
+            {
+                "title": ["x", "y"],
+                "concatenated_tags": ["t", "u"],
+                "query": ["", ""],
+                "category": ["a", "b"],
+                "seller_id": [7, 8],
+                "price": [1.0, None],
+                "weight": [1.0, 2.0],
+                "minimum_quantity": [1, 2],
+                "express_delivery": [0, 1],
+            }
+        )
+    )
     tables = confidence.evaluate(predict_proba, frame, LABELS)
-    assert seen == [[("x", ""), ("y", "")], [("x", "t"), ("y", "u")]]
+    assert list(tables) == ["title_only", "title_and_tags", "title_and_fields", "title_tags_and_fields"]
+    assert [batch for batch, _ in seen] == [[("x", ""), ("y", "")], [("x", "t"), ("y", "u")]] * 2
+    assert [fields is None for _, fields in seen] == [True, True, False, False]
+    with_fields = seen[2][1]
+    assert with_fields is not None
+    assert with_fields.sellers == ("7", "8")
     assert tables["title_only"]["thresholds"][1]["coverage"] == 0.0  # 0.6 < 0.7
     assert tables["title_and_tags"]["thresholds"][1] == {"threshold": 0.7, "coverage": 1.0, "precision": 0.5}
 

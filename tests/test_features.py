@@ -130,8 +130,24 @@ def test_fold_table_maps_single_characters() -> None:
 
 
 def test_spec_round_trips_through_json() -> None:
-    spec = FeatureSpec(n_features=2**10, char_ngrams=(3, 4))
+    spec = FeatureSpec(n_features=2**10, char_ngrams=(3, 4), seller_value=4.0)
     assert FeatureSpec.from_json(spec.to_json()) == spec
+
+
+def test_a_version_3_spec_is_refused() -> None:
+    # Version 3 files have no field block: read as version 4 they would lack inputs.
+    raw = json.loads(SPEC.to_json())
+    raw["format_version"] = 3
+    with pytest.raises(ValueError, match="format_version 3 is not supported"):
+        FeatureSpec.from_json(json.dumps(raw))
+
+
+def test_default_number_edges_are_float32_and_log_spaced() -> None:
+    edges = np.array(SPEC.number_edges["price"], dtype=np.float64)
+    assert np.array_equal(edges.astype(np.float32), edges)
+    np.testing.assert_allclose(edges[1:] / edges[:-1], 2**0.5, rtol=1e-6)
+    assert SPEC.number_edges["express_delivery"] == (0.5,)
+    assert SPEC.number_tokens["express_delivery"] == 3  # unknown, no, yes
 
 
 def test_specs_written_before_format_versions_are_refused() -> None:
@@ -157,6 +173,12 @@ def test_specs_written_before_format_versions_are_refused() -> None:
         {"fold": {"😀": " "}},
         {"char_ngrams": (1, 65)},
         {"format_version": 1},
+        {"seller_value": 3.0},  # not a power of two: its table would not read back exactly
+        {"number_value": 0.0},
+        {"number_edges": {"price": (1.0,)}},
+        {"number_edges": {**SPEC.number_edges, "price": (2.0, 1.0)}},
+        {"number_edges": {**SPEC.number_edges, "price": (0.1,)}},  # not a float32 value
+        {"number_edges": {**SPEC.number_edges, "price": ()}},
     ],
 )
 def test_spec_rejects_values_the_graph_cannot_realise(kwargs: dict[str, object]) -> None:

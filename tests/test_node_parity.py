@@ -12,7 +12,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -30,7 +30,7 @@ NODE_TIMEOUT_SECONDS = 120
 # kernels, so anything beyond rounding noise is a real difference.
 MAX_PROBA_DELTA = 1e-6
 
-Product = Dict[str, str]
+Product = Dict[str, Any]
 Prediction = Tuple[List[str], np.ndarray]
 
 
@@ -125,14 +125,24 @@ def run_python(session: ort.InferenceSession, products: List[Product], batch_siz
     proba = []
     for start in range(0, len(products), step):
         batch = products[start : start + step]
-        feeds = {
-            name: np.array([p.get(name, "") for p in batch], dtype=object)
-            for name in ("title", "concatenated_tags")
-        }
-        part_labels, part_proba = session.run(None, feeds)
+        part_labels, part_proba = session.run(None, python_feeds(session, batch))
         labels += [str(label) for label in part_labels]
         proba.append(part_proba)
     return labels, np.concatenate(proba)
+
+
+def python_feeds(session: ort.InferenceSession, batch: List[Product]) -> Dict[str, np.ndarray]:
+    """What a Python caller feeds: "" for a missing string, NaN for a missing number,
+    an integer seller id as its decimal string."""
+    feeds = {}
+    for given in session.get_inputs():
+        values = [p.get(given.name) for p in batch]
+        if given.type == "tensor(float)":
+            numbers = [np.nan if v is None else float(v) for v in values]
+            feeds[given.name] = np.array(numbers, dtype=np.float32)
+        else:
+            feeds[given.name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
+    return feeds
 
 
 def assert_same(node: Prediction, python: Prediction, products: List[Product]) -> None:
@@ -198,4 +208,28 @@ def test_node_labels_the_public_test_file_like_python(
     with_tags = [{"title": r["title"] or "", "concatenated_tags": r["concatenated_tags"] or ""} for r in rows]
     titles_only = [{"title": p["title"], "concatenated_tags": ""} for p in with_tags]
     products = with_tags + titles_only
+    assert_same(run_node(node, model, products), run_python(session, products), products)
+
+
+def listing_fields(row: Dict[str, str]) -> Product:
+    """A CSV row's listing fields as a JSON client sends them: the seller as an
+    integer, numbers as numbers, express delivery as a boolean; empty cells left out."""
+    fields: Product = {"seller_id": int(row["seller_id"])} if row["seller_id"] else {}
+    for name in ("price", "weight", "minimum_quantity"):
+        if row[name]:
+            fields[name] = float(row[name])
+    if row["express_delivery"]:
+        fields["express_delivery"] = row["express_delivery"] == "1"
+    return fields
+
+
+def test_node_labels_the_public_test_file_with_its_fields_like_python(
+    node: str, model: Path, session: ort.InferenceSession
+) -> None:
+    with public_test_csv().open(encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    with_fields = [{"title": r["title"] or "", **listing_fields(r)} for r in rows]
+    everything = [{**p, "concatenated_tags": r["concatenated_tags"] or ""} for p, r in zip(with_fields, rows)]
+    products = with_fields + everything
+    assert sum("seller_id" in p for p in products) == len(products), "every test row has a seller"
     assert_same(run_node(node, model, products), run_python(session, products), products)

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 from onnx import numpy_helper
 
-from categorizer import confidence, data, export, notebook, prepare
+from categorizer import confidence, data, export, notebook, onnx_graph, prepare
 from categorizer.config import DEFAULT_TEST_PRODUCTS_PATH
 from categorizer.weights import CONFIDENCE_KEY
 from tests.datasets import ROOT, model_file, public_test_csv, skip_or_fail
@@ -104,19 +104,23 @@ def test_notebook_writes_model_metrics_and_figures(trained: Run) -> None:
     assert (artifacts / "model.onnx").is_file()
     assert {p.name for p in artifacts.glob("*.png")} == {
         "confusion_title_only.png",
-        "confusion_title_and_tags.png",
+        "confusion_title_tags_and_fields.png",
         "per_class_f1.png",
     }
     metrics = json.loads((artifacts.parent / "metrics.json").read_text(encoding="utf-8"))
-    for view in ("title_only", "title_and_tags"):
+    for view in prepare.VIEWS:
         report = metrics["validation"][view]
         assert 0.0 <= report["macro_f1"] <= 1.0
         assert set(report["per_class"]) == set(data.CATEGORIES)
+        # Every held-out row's seller is seen in training or not; new lines are some of the seen.
+        groups = report["sellers"]
+        assert groups["seen"]["n"] + groups["unseen"]["n"] == report["n"]
+        assert groups["seen_new_line"]["n"] <= groups["seen"]["n"]
     meta = export.read_metadata(artifacts / "model.onnx")
     assert meta["training_data_sha256"] == metrics["dataset_sha256"]
     # The confidence table of each view, in metrics.json and in the model's metadata alike.
     table = metrics["confidence"]
-    assert set(table) == {"title_only", "title_and_tags"}
+    assert set(table) == set(prepare.VIEWS)
     for view in table.values():
         assert [row["threshold"] for row in view["thresholds"]] == list(confidence.THRESHOLDS)
         assert 0.0 <= view["ece"] <= 1.0
@@ -244,11 +248,10 @@ def test_retraining_reproduces_the_committed_artifact(trained: Run) -> None:
     for name, array in weights[0].items():
         np.testing.assert_array_equal(array, weights[1][name], err_msg=name)
     products = prepare.clean(pd.read_csv(public_test_csv()))
-    titles = products["title"].tolist()
-    for tags in ([""] * len(titles), products["concatenated_tags"].tolist()):
-        feeds = {"title": np.array(titles, dtype=object), "concatenated_tags": np.array(tags, dtype=object)}
+    for view in prepare.VIEWS:
+        inputs = onnx_graph.feeds(*prepare.view(products, view))
         outputs = [
-            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, feeds)
+            ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, inputs)
             for p in (committed, fresh)
         ]
         assert list(outputs[0][0]) == list(outputs[1][0])

@@ -2,8 +2,10 @@
 // onnxruntime-node would.
 //
 // Usage: node categorize.js MODEL_PATH [PRODUCTS_JSON] [--batch-size K]
-//   PRODUCTS_JSON: a file holding [{"title": "...", "concatenated_tags": "..."}, ...];
-//   standard input when absent or "-". A missing or null field counts as "" (no tags).
+//   PRODUCTS_JSON: a file holding [{"title": "...", "concatenated_tags": "...",
+//   "seller_id": "...", "price": 12.5, "weight": 300, "minimum_quantity": 1,
+//   "express_delivery": true}, ...]; standard input when absent or "-". A missing or
+//   null field is unknown: "" for the strings, NaN for the numbers.
 //   --batch-size K: run the graph on K products at a time (default: all at once).
 // Prints {"labels": [...], "probabilities": [[...], ...]} on standard output.
 "use strict";
@@ -28,11 +30,39 @@ function parseArgs(argv) {
   return { modelPath, input, batchSize };
 }
 
-function field(product, name) {
+// The model's inputs: strings, then float32 numbers (NaN = unknown). A model from
+// before the listing fields has only the first two; feed what it declares.
+const STRINGS = ["title", "concatenated_tags", "seller_id"];
+const NUMBERS = ["price", "weight", "minimum_quantity", "express_delivery"];
+
+function text(product, name) {
   const value = product[name];
   if (value === undefined || value === null) return "";
+  if (name === "seller_id" && Number.isInteger(value)) return String(value);
   if (typeof value !== "string") throw new Error(`${name} must be a string, got ${typeof value}`);
   return value;
+}
+
+function number(product, name) {
+  const value = product[name];
+  if (value === undefined || value === null) return NaN;
+  if (typeof value === "boolean") return value ? 1 : 0;
+  if (typeof value !== "number") throw new Error(`${name} must be a number, got ${typeof value}`);
+  return value;
+}
+
+function feeds(session, batch) {
+  const out = {};
+  for (const name of session.inputNames) {
+    if (STRINGS.includes(name)) {
+      out[name] = new ort.Tensor("string", batch.map((p) => text(p, name)), [batch.length]);
+    } else if (NUMBERS.includes(name)) {
+      out[name] = new ort.Tensor("float32", Float32Array.from(batch, (p) => number(p, name)), [batch.length]);
+    } else {
+      throw new Error(`the model has an input this script does not know: ${name}`);
+    }
+  }
+  return out;
 }
 
 async function main() {
@@ -50,8 +80,7 @@ async function main() {
   const step = batchSize || products.length;
   for (let start = 0; start < products.length; start += step) {
     const batch = products.slice(start, start + step);
-    const column = (name) => new ort.Tensor("string", batch.map((p) => field(p, name)), [batch.length]);
-    const out = await session.run({ title: column("title"), concatenated_tags: column("concatenated_tags") });
+    const out = await session.run(feeds(session, batch));
     const [rows, k] = out.probabilities.dims;
     if (rows !== batch.length || out.label.dims[0] !== batch.length) {
       throw new Error(`expected ${batch.length} rows, got labels ${out.label.dims} and probabilities ${out.probabilities.dims}`);
