@@ -1,8 +1,8 @@
 """`python score.py INPUT OUTPUT [--model PATH] [--engine local|spark] ...`: arguments,
 exit codes and the lines a run prints.
 
-Exit codes: 0 done; 1 --strict found a row without a title; 2 INPUT, OUTPUT or the model
-cannot be used (one `error:` line on stderr, and OUTPUT is not written).
+Exit codes: 0 done; 1 --strict found a row without a title or with an invalid listing
+field; 2 INPUT, OUTPUT or the model cannot be used (one `error:` line on stderr, and OUTPUT is not written).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import sys
 from typing import List, Optional
 
-from batch.job import BlankTitles, Job, JobError
+from batch.job import Job, JobError, Refused
 from batch.report import Progress, Summary
 from runtime.categorizer import ModelError
 
@@ -26,8 +26,11 @@ def parser() -> argparse.ArgumentParser:
             "Adds category and confidence (the top probability) to every row of a catalogue. "
             "INPUT and OUTPUT are CSV or Parquet, by extension (.csv, .parquet); INPUT may "
             "also be a directory of Parquet parts. INPUT needs a 'title' column; "
-            "'concatenated_tags' is used when present. OUTPUT keeps every input column, in "
-            "input order."
+            "'concatenated_tags' is used when present, and so are the listing fields "
+            "'seller_id' (text or integers), 'price', 'weight', 'minimum_quantity' (numbers "
+            "from 0 to 1,000,000) and 'express_delivery' (true/false/0/1) when the model takes "
+            "them. Missing values are unknown; invalid ones are unknown too, and counted. "
+            "OUTPUT keeps every input column, in input order."
         ),
     )
     p.add_argument("input", metavar="INPUT")
@@ -39,7 +42,10 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--engine", choices=("local", "spark"), default="local", help="default: local")
     p.add_argument(
-        "--strict", action="store_true", help="fail (exit 1) on a row whose title is missing or blank"
+        "--strict",
+        action="store_true",
+        help="fail (exit 1, no OUTPUT) on a row whose title is missing or blank, or whose listing "
+        "field the model takes is invalid",
     )
     p.add_argument(
         "--processes",
@@ -64,7 +70,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary = _run(job, args.engine, progress)
     except (JobError, ModelError) as exc:
         return _fail(str(exc), 2)
-    except BlankTitles as exc:
+    except Refused as exc:
         return _fail(str(exc), 1)
     finally:
         progress.close()

@@ -10,8 +10,9 @@ class JobError(Exception):
     """INPUT, OUTPUT or the model cannot be used: exit 2, the message is one line."""
 
 
-class BlankTitles(Exception):
-    """--strict and a row without a title: exit 1, the message is one line."""
+class Refused(Exception):
+    """--strict and a row without a title, or with an invalid listing field: exit 1, the
+    message is one line."""
 
 
 @dataclass(frozen=True)

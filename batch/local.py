@@ -13,13 +13,13 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Callable, Deque, Iterator, List, Sequence, Tuple, TypeVar
+from typing import Callable, Deque, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import pyarrow as pa
 
-from batch import scoring
+from batch import fields, scoring
 from batch.io import Input, Output, use_jemalloc
-from batch.job import BlankTitles, Job
+from batch.job import Job, Refused
 from batch.report import Progress, Summary
 
 # Batches handed out per process beyond the one it runs: the next is ready when it ends.
@@ -46,16 +46,38 @@ def run(job: Job, progress: Progress) -> Summary:
         take = scoring.model_columns(source.schema.names, pool.submit(_model_inputs, job.model).result())
         progress.start(source.rows)
         for batch, scored in _in_order(pool, processes, job.model, source.batches(), take):
-            if job.strict and scored.blank:
-                row = summary.rows + scored.blank[0] + 1
-                raise BlankTitles(f"--strict: row {row:,} (counting from 1) has a missing or blank title")
+            problem = _first_problem(batch, scored, summary.rows) if job.strict else None
+            if problem:
+                raise Refused(f"--strict: {problem}")
             out.write(scoring.with_scores(batch, scored, schema))
-            summary.rows += batch.num_rows
-            summary.skipped += len(scored.blank)
+            _count(summary, batch, scored)
             progress.advance(batch.num_rows)
         out.commit()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _count(summary: Summary, batch: pa.RecordBatch, scored: scoring.Scored) -> None:
+    summary.rows += batch.num_rows
+    summary.skipped += len(scored.blank)
+    for name, rows in scored.invalid.items():
+        summary.count_invalid(name, len(rows))
+
+
+def _first_problem(batch: pa.RecordBatch, scored: scoring.Scored, before: int) -> Optional[str]:
+    """The first row of the batch that --strict refuses, said in one line; `before`: the
+    rows of the batches before it."""
+    found = [(rows[0], name) for name, rows in scored.invalid.items() if rows]
+    if scored.blank:
+        found.append((scored.blank[0], ""))
+    if not found:
+        return None
+    at, name = min(found)  # a blank title before a field of the same row: it sorts first
+    row = f"row {before + at + 1:,} (counting from 1)"
+    if not name:
+        return f"{row} has a missing or blank title"
+    value = " ".join(str(batch.column(name)[at].as_py()).split())[:80]
+    return f"{row} has an invalid {name!r}: {value!r}, not {fields.rule(name)}"
 
 
 def _in_order(

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
-from typing import Optional
+from dataclasses import dataclass, field
+from typing import Dict, Optional
 
 from tqdm import tqdm
 
@@ -14,13 +14,22 @@ class Summary:
     rows: int = 0
     skipped: int = 0  # rows with a missing or blank title: no category, no confidence
     seconds: float = 0.0
+    # A listing field's column -> its invalid values, scored as unknown.
+    invalid: Dict[str, int] = field(default_factory=dict)
+
+    def count_invalid(self, column: str, values: int) -> None:
+        self.invalid[column] = self.invalid.get(column, 0) + values
 
     def line(self, output: str) -> str:
         rate = self.rows / self.seconds if self.seconds > 0 else 0.0
         return (
             f"scored {self.rows:,} rows in {self.seconds:.1f} s ({rate:,.0f} rows/s), "
-            f"{self.skipped:,} skipped (blank title); wrote {output}"
+            f"{self.skipped:,} skipped (blank title){self._invalid_part()}; wrote {output}"
         )
+
+    def _invalid_part(self) -> str:
+        counts = [f"{count:,} {name}" for name, count in self.invalid.items() if count]
+        return f", invalid values read as unknown: {', '.join(counts)}" if counts else ""
 
 
 class Progress:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
 from pyspark import SparkFiles
@@ -34,11 +34,11 @@ from pyspark.errors import AnalysisException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
-from batch import scoring
+from batch import fields, scoring
 from batch.io import Input, format_of
-from batch.job import BlankTitles, Job, JobError, one_line
+from batch.job import Job, JobError, Refused, one_line
 from batch.report import Summary
-from runtime.categorizer import INPUT_TITLE, Categorizer
+from runtime.categorizer import INPUT_TITLE, LISTING_FIELDS, Categorizer
 
 ROOT = Path(__file__).resolve().parent.parent
 # RFC 4180, as the local engine reads and writes it: quotes doubled (Spark's default
@@ -79,15 +79,15 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     context.addPyFile(_code_zip())
     frame = _read(spark, job.input)
     scoring.check_columns(frame.columns, job.input)
+    take = scoring.model_columns(frame.columns, inputs)
     if job.strict:
-        # Before anything is written, wherever OUTPUT is: a pass over one column.
-        blank = _blank_titles(frame)
-        if blank:
-            raise BlankTitles(f"--strict: {blank:,} rows have a missing or blank title")
+        # Before anything is written, wherever OUTPUT is: a pass over the title and the
+        # listing fields the model takes.
+        _refuse(_problems(spark, frame.select([INPUT_TITLE, *_listing(take)])))
     rows: Accumulator[int] = context.accumulator(0)
     skipped: Accumulator[int] = context.accumulator(0)
-    take = scoring.model_columns(frame.columns, inputs)
-    score = functools.partial(_score_batches, os.path.basename(job.model), take, rows, skipped)
+    invalid = _counters(spark, _listing(take))
+    score = functools.partial(_score_batches, os.path.basename(job.model), take, rows, skipped, invalid)
     fields = [StructField(scoring.CATEGORY, StringType()), StructField(scoring.CONFIDENCE, FloatType())]
     scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
     target = _temporary(job.output) if _is_local(job.output) else job.output
@@ -98,7 +98,7 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     finally:
         if target != job.output and os.path.exists(target):  # a failed job's parts
             shutil.rmtree(target)
-    return Summary(rows=rows.value, skipped=skipped.value)
+    return Summary(rows=rows.value, skipped=skipped.value, invalid=_values(invalid))
 
 
 def _score_batches(
@@ -106,6 +106,7 @@ def _score_batches(
     take: List[str],
     rows: Accumulator[int],
     skipped: Accumulator[int],
+    invalid: Dict[str, Accumulator[int]],
     batches: Iterable[pa.RecordBatch],
 ) -> Iterable[pa.RecordBatch]:
     """Runs in the executors' Python workers: one model per worker, kept across tasks."""
@@ -115,18 +116,57 @@ def _score_batches(
         schema = scoring.output_schema(batch.schema)
         rows.add(batch.num_rows)
         skipped.add(len(scored.blank))
+        for name, positions in scored.invalid.items():
+            invalid[name].add(len(positions))
         yield scoring.with_scores(batch, scored, schema)
 
 
-def _blank_titles(frame: DataFrame) -> int:
-    titles = frame.select(INPUT_TITLE)
-    # The blank rows themselves, counted by the JVM: collect() would leave a socket open.
-    return titles.mapInArrow(_blank_only, titles.schema).count()
+def _listing(take: Sequence[str]) -> List[str]:
+    return [name for name in take if name in LISTING_FIELDS]
 
 
-def _blank_only(batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-    for batch in batches:  # scoring's own rule, so that both passes agree
-        yield batch.take(pa.array(scoring.blank_in(batch.column(0)), pa.int64()))
+def _counters(spark: SparkSession, names: Sequence[str]) -> Dict[str, Accumulator[int]]:
+    return {name: spark.sparkContext.accumulator(0) for name in names}
+
+
+def _values(counters: Dict[str, Accumulator[int]]) -> Dict[str, int]:
+    return {name: counter.value for name, counter in counters.items()}
+
+
+def _problems(spark: SparkSession, frame: DataFrame) -> Dict[str, int]:
+    """Rows with a blank title ("title") and invalid values of each listing field in
+    `frame`: accumulated by the workers of a job that writes nothing, as collect() would
+    leave a socket open. A retried task may count its rows twice: these counts say how
+    many, not whether, and the first decides."""
+    counters = _counters(spark, frame.columns)
+    frame.mapInArrow(functools.partial(_count_problems, counters), frame.schema).count()
+    return _values(counters)
+
+
+def _count_problems(
+    counters: Dict[str, Accumulator[int]], batches: Iterable[pa.RecordBatch]
+) -> Iterable[pa.RecordBatch]:
+    for batch in batches:  # scoring's own rules, so that both passes agree
+        counters[INPUT_TITLE].add(len(scoring.blank_in(batch.column(INPUT_TITLE))))
+        for name, field in scoring.listing_fields(batch.select(_listing(batch.schema.names))).items():
+            counters[name].add(int(field.invalid.sum()))
+    return iter(())
+
+
+def _refuse(problems: Dict[str, int]) -> None:
+    """--strict's one line: how many rows of each kind it refuses (Spark has no row numbers)."""
+    said = [
+        f"{count:,} {'row has' if count == 1 else 'rows have'} "
+        + (
+            "a missing or blank title"
+            if name == INPUT_TITLE
+            else f"an invalid {name!r} (not {fields.rule(name)})"
+        )
+        for name, count in problems.items()
+        if count
+    ]
+    if said:
+        raise Refused(f"--strict: {'; '.join(said)}")
 
 
 def _read(spark: SparkSession, path: str) -> DataFrame:

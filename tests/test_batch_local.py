@@ -14,7 +14,18 @@ import pytest
 
 from batch import cli, io
 from runtime.categorizer import Categorizer
-from tests.batch_files import as_csv_text, assert_scored, catalogue, read, typed, write_csv
+from tests.batch_files import (
+    as_csv_text,
+    assert_scored,
+    catalogue,
+    echo_model,
+    invalid_counts,
+    read,
+    typed,
+    typed_fields,
+    with_fields,
+    write_csv,
+)
 from tests.datasets import ROOT
 
 ROWS = 600  # a little over the public test file: every product, some twice
@@ -23,6 +34,11 @@ ROWS = 600  # a little over the public test file: every product, some twice
 @pytest.fixture(scope="module")
 def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
     return catalogue(test_products, ROWS)
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return echo_model(tmp_path_factory.mktemp("echo") / "echo.onnx")
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -212,3 +228,127 @@ def test_the_batch_scorer_imports_neither_aiohttp_nor_pyspark() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def invalid_part(table: pa.Table) -> str:
+    counts = invalid_counts(table)
+    return ", ".join(f"{counts[name]} {name}" for name in table.column_names if counts.get(name))
+
+
+def test_listing_fields_from_csv_text_reach_their_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, echo: str
+) -> None:
+    # The echo model's category is what it was fed: each row's own title and fields, in
+    # input order, after the engine sorted each batch's rows by length.
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    table = with_fields(products_table)
+    write_csv(table, source)
+    code, out, _ = run(capsys, str(source), str(target), "--model", echo, "--processes", "2")
+    assert code == 0
+    assert f"3 skipped (blank title), invalid values read as unknown: {invalid_part(table)}; wrote" in out
+    assert_scored(echo, as_csv_text(table), read(target))
+
+
+def test_listing_fields_from_parquet_types_reach_their_rows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, echo: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    table = typed_fields(products_table)
+    pq.write_table(table, source, row_group_size=100)
+    code, out, _ = run(capsys, str(source), str(target), "--model", echo, "--processes", "1")
+    assert code == 0
+    assert f"invalid values read as unknown: {invalid_part(table)};" in out
+    got = pq.read_table(target)
+    assert got.schema.field("seller_id").type == pa.float64()  # the file's own values, untouched
+    assert got.schema.field("express_delivery").type == pa.bool_()
+    assert_scored(echo, table, got)
+    categories = got.column("category").to_pylist()
+    assert categories[0].split("|")[2] == str(int(table.column("seller_id")[0].as_py()))
+
+
+def test_listing_fields_absent_from_input_are_unknown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, echo: str
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    table = products_table.select(["title", "concatenated_tags", "price"])
+    pq.write_table(table, source)
+    assert run(capsys, str(source), str(target), "--model", echo, "--processes", "1")[0] == 0
+    got = pq.read_table(target)
+    assert_scored(echo, table, got)
+    assert all(c.endswith("|NaN|NaN|NaN") for c in got.column("category").to_pylist() if c)
+
+
+def test_a_model_without_listing_inputs_reads_no_listing_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], products_table: pa.Table, model_path: str
+) -> None:
+    # The committed model takes title and tags: its invalid prices are no one's concern.
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    table = with_fields(products_table).filter(
+        pa.array([bool(t and t.strip()) for t in products_table.column("title").to_pylist()])
+    )
+    write_csv(table, source)
+    code, out, _ = run(
+        capsys, str(source), str(target), "--model", model_path, "--processes", "1", "--strict"
+    )
+    assert code == 0
+    assert "invalid" not in out
+    assert_scored(model_path, as_csv_text(table), read(target))
+
+
+@pytest.mark.parametrize(
+    ("titles", "prices", "message"),
+    [
+        (
+            ["a", "b", "c", "d", "e"],
+            ["1", "2", "3", " -3 ", "x"],
+            "row 4 (counting from 1) has an invalid 'price': '-3'",
+        ),
+        (
+            ["a", "b", "c", "", "e"],
+            ["1", "2", "3", "", "x"],
+            "row 4 (counting from 1) has a missing or blank title",
+        ),
+        (
+            ["a", "b", "c", "", "e"],
+            ["1", "2", "3", "-3", "x"],
+            "row 4 (counting from 1) has a missing or blank title",
+        ),
+        (
+            ["a", "b", "c", "d", "e"],
+            ["1", "2", "3", "4", "1e400"],
+            "row 5 (counting from 1) has an invalid 'price': '1e400'",
+        ),
+    ],
+)
+def test_strict_fails_on_the_first_refused_row_and_writes_nothing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    echo: str,
+    titles: List[str],
+    prices: List[str],
+    message: str,
+) -> None:
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
+    pq.write_table(pa.table({"title": titles, "price": prices}), source)
+    monkeypatch.setattr(io, "PARQUET_BATCH_ROWS", 2)  # row numbers count the batches before
+    code, out, err = run(capsys, str(source), str(target), "--model", echo, "--processes", "1", "--strict")
+    assert code == 1
+    assert out == ""
+    assert err.startswith(f"error: --strict: {message}")
+    assert err.count("\n") == 1
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_strict_names_each_fields_rule(tmp_path: Path, capsys: pytest.CaptureFixture[str], echo: str) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    for name, value, rule in [
+        ("seller_id", "s" * 65, "not at most 64 characters"),
+        ("weight", "1,5", "not a number from 0 to 1,000,000"),
+        ("express_delivery", "yes", "not true, false, 0 or 1"),
+    ]:
+        write_csv(pa.table({"title": ["Caneca"], name: [value]}), source)
+        code, _, err = run(capsys, str(source), str(target), "--model", echo, "--processes", "1", "--strict")
+        assert code == 1
+        assert err == f"error: --strict: row 1 (counting from 1) has an invalid {name!r}: {value!r}, {rule}\n"

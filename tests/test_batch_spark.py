@@ -17,9 +17,20 @@ from pyspark.sql import SparkSession
 
 from batch import local
 from batch import spark as spark_engine
-from batch.job import BlankTitles, Job, JobError
+from batch.job import Job, JobError, Refused
 from batch.report import Progress
-from tests.batch_files import as_csv_text, assert_scored, catalogue, read, typed, write_csv
+from tests.batch_files import (
+    as_csv_text,
+    assert_scored,
+    catalogue,
+    echo_model,
+    invalid_counts,
+    read,
+    typed,
+    typed_fields,
+    with_fields,
+    write_csv,
+)
 from tests.datasets import skip_or_fail
 
 pytestmark = pytest.mark.slow
@@ -39,6 +50,11 @@ def spark() -> Iterator[SparkSession]:
 @pytest.fixture(scope="module")
 def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
     return catalogue(test_products, ROWS)
+
+
+@pytest.fixture(scope="module")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return echo_model(tmp_path_factory.mktemp("echo") / "echo.onnx")
 
 
 def test_parquet_parts_give_the_local_engines_rows(
@@ -86,7 +102,7 @@ def test_strict_fails_and_writes_nothing(
 ) -> None:
     source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
     pq.write_table(products_table, source)
-    with pytest.raises(BlankTitles, match="3 rows have a missing or blank title"):
+    with pytest.raises(Refused, match="3 rows have a missing or blank title"):
         spark_engine.run(Job(str(source), str(target), model_path, strict=True))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
 
@@ -107,3 +123,40 @@ def test_a_job_that_fails_leaves_no_output(spark: SparkSession, tmp_path: Path, 
     with pytest.raises(PySparkException, match="is not text"):
         spark_engine.run(Job(str(source), str(target), model_path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
+
+
+def test_listing_fields_from_parquet_give_the_local_engines_rows(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, echo: str
+) -> None:
+    # The echo model's category is what it was fed: Spark's Arrow batches convert as ours.
+    table = typed_fields(products_table)
+    source = tmp_path / "catalogue.parquet"
+    pq.write_table(table, source, row_group_size=200)
+    by_spark = spark_engine.run(Job(str(source), str(tmp_path / "spark.parquet"), echo))
+    by_local = local.run(Job(str(source), str(tmp_path / "local.parquet"), echo, processes=1), Progress())
+    assert by_spark.invalid == by_local.invalid == invalid_counts(table)
+    got_spark, got_local = read(tmp_path / "spark.parquet"), read(tmp_path / "local.parquet")
+    assert_scored(echo, table, got_spark)
+    assert got_spark.column("category").to_pylist() == got_local.column("category").to_pylist()
+
+
+def test_listing_fields_from_csv_text_and_strict(
+    spark: SparkSession, tmp_path: Path, products_table: pa.Table, echo: str
+) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    table = with_fields(products_table)
+    write_csv(table, source)
+    summary = spark_engine.run(Job(str(source), str(target), echo))
+    assert summary.invalid == invalid_counts(table)
+    assert_scored(echo, as_csv_text(table), read_csv_parts(target))
+    shutil.rmtree(target)
+    with pytest.raises(Refused) as refused:
+        spark_engine.run(Job(str(source), str(target), echo, strict=True))
+    assert str(refused.value) == (
+        "--strict: 3 rows have a missing or blank title; 1 row has an invalid 'seller_id' "
+        "(not at most 64 characters); 5 rows have an invalid 'price' (not a number from 0 to "
+        "1,000,000); 1 row has an invalid 'weight' (not a number from 0 to 1,000,000); 2 rows "
+        "have an invalid 'express_delivery' (not true, false, 0 or 1); 1 row has an invalid "
+        "'minimum_quantity' (not a number from 0 to 1,000,000)"
+    )
+    assert not target.exists()
