@@ -63,7 +63,7 @@ from categorizer.features import (
     FeatureSpec,
 )
 from categorizer.heads import EMPTY_TAGS, N_HEADS, TAGS_HEAD
-from categorizer.sklearn_twin import UNKNOWN, FieldTokens, Fields
+from categorizer.sklearn_twin import UNKNOWN, Fields, FieldTokens
 from categorizer.weights import FIELD_WEIGHTS, INTERCEPT, WEIGHTS, HeadWeights, field_table, weight_table
 
 # StringConcat first appears in opset 20; onnxruntime 1.19 (the last release for
