@@ -87,7 +87,7 @@ async def _categorize(request: web.Request, state: State) -> Prediction:
         if not batch.titles:  # nothing to run
             return Prediction([], _NO_PROBABILITIES, 0.0)
         return await scheduler.categorize(
-            ticket, batch.titles, batch.tags, batch.chars, lambda: request.transport is None
+            ticket, batch.titles, batch.tags, batch.fields, batch.chars, lambda: request.transport is None
         )
     finally:
         scheduler.release(ticket)

@@ -25,8 +25,9 @@ CONFIDENCE_KEY = "confidence"
 
 
 class ModelInput(msgspec.Struct):
-    """One input of the graph: `title` is required; any other (`concatenated_tags`) is
-    optional, "" meaning none."""
+    """One input of the graph: `title` is required; any other is optional: `concatenated_tags`
+    and, in a model trained with them, the listing fields (`seller_id`, "" meaning unknown;
+    `price`, `weight`, `minimum_quantity`, `express_delivery`, NaN meaning unknown)."""
 
     name: str
     type: str

@@ -27,6 +27,11 @@ gets its own result or its own exception.
 
 **Sub-batches.** The graph pads every string of a call to the call's longest, so a big
 request runs in sub-batches of `SUB_BATCH_ROWS` rows sorted by length.
+
+**Columns.** A call's products go to the model as one column per input: titles, tags and
+the listing fields (seller, price, ...) some product sent. Every column is merged, sorted
+and cut by the same row numbers, so a field stays with its product; a request that sent
+no field has none in its rows of a shared call, which the model reads as unknown.
 """
 
 from __future__ import annotations
@@ -35,11 +40,11 @@ import asyncio
 import time
 from collections import deque
 from concurrent.futures import Executor
-from typing import Callable, Deque, List, Mapping, NamedTuple, Optional, Protocol, Sequence, Tuple, Union
+from typing import Any, Callable, Deque, Dict, List, Mapping, NamedTuple, Optional, Protocol, Tuple, Union
 
 import numpy as np
 
-from runtime.categorizer import INPUT_TAGS, INPUT_TITLE
+from runtime.categorizer import INPUT_SELLER, INPUT_TAGS, INPUT_TITLE, Column
 from service.errors import ApiError
 from service.metrics import Metrics
 
@@ -64,9 +69,7 @@ TRIM_DELAY_SECONDS = 1.0
 class Model(Protocol):
     """What the scheduler needs of runtime.categorizer.Categorizer."""
 
-    def predict_with_probabilities(
-        self, texts: Mapping[str, Sequence[str]]
-    ) -> Tuple[List[str], np.ndarray]: ...
+    def predict_with_probabilities(self, columns: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]: ...
 
 
 class Prediction(NamedTuple):
@@ -130,6 +133,7 @@ class _Job(NamedTuple):
     ticket: Ticket
     titles: List[str]
     tags: List[str]
+    fields: Mapping[str, Column]  # the listing fields some product sent, a column each
     chars: int
     gone: Callable[[], bool]  # whether the client has left
     future: asyncio.Future[Prediction]
@@ -258,10 +262,18 @@ class Scheduler:
     # -- running ---------------------------------------------------------------
 
     async def categorize(
-        self, ticket: Ticket, titles: List[str], tags: List[str], chars: int, gone: Callable[[], bool]
+        self,
+        ticket: Ticket,
+        titles: List[str],
+        tags: List[str],
+        fields: Mapping[str, Column],
+        chars: int,
+        gone: Callable[[], bool],
     ) -> Prediction:
         """The categories and probabilities of an admitted request's products, in order.
-        `gone()` tells whether its client has left; ApiError(503 or 499) when it is not run."""
+        `fields`: a column per listing field some product sent (runtime.categorizer's
+        names and values). `gone()` tells whether its client has left; ApiError(503 or
+        499) when it is not run."""
         if self._closed and self._queued_seconds() >= self._keep_seconds:
             # Admitted before the drain ended, its body read only after: it runs if it
             # would start within the grace, like the queue it joins.
@@ -273,9 +285,9 @@ class Scheduler:
             # Idle and nothing to share a call with: run now, with no queue hop.
             self.calls += 1
             self.requests += 1
-            return self._timed_call(titles, tags, chars)
+            return self._timed_call(_columns(titles, tags, fields), chars)
         future: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Job(ticket, titles, tags, chars, gone, future, self._clock()))
+        self._queue.append(_Job(ticket, titles, tags, fields, chars, gone, future, self._clock()))
         self._schedule_flush()
         return await future
 
@@ -391,13 +403,11 @@ class Scheduler:
         return [by_job.get(id(job), _ABANDONED) for job in jobs], seconds
 
     def _compute(self, jobs: List[_Job]) -> Tuple[List[Outcome], float]:
-        titles = [job.titles for job in jobs]
-        tags = [job.tags for job in jobs]
         # A request alone may be big (up to 40 sub-batches): stop it if its client leaves.
         gone = jobs[0].gone if len(jobs) == 1 else None
         try:
             start = time.perf_counter()
-            merged = self._call(titles, tags, gone)
+            merged = predict_in_sub_batches(self._model, _merged(jobs), gone)
             seconds = time.perf_counter() - start
         except _ClientLeft:
             return [_ABANDONED], 0.0
@@ -405,26 +415,20 @@ class Scheduler:
             if len(jobs) == 1:
                 return [exc], 0.0
             return [self._alone(job) for job in jobs], 0.0
-        return _split(merged, [len(t) for t in titles], seconds), seconds
+        return _split(merged, [len(job.titles) for job in jobs], seconds), seconds
 
-    def _timed_call(self, titles: List[str], tags: List[str], chars: int) -> Prediction:
+    def _timed_call(self, columns: Mapping[str, Column], chars: int) -> Prediction:
         start = time.perf_counter()
-        categories, probabilities = predict_in_sub_batches(self._model, titles, tags)
+        categories, probabilities = predict_in_sub_batches(self._model, columns)
         seconds = time.perf_counter() - start
         self.cost.observe(chars, seconds)
         return Prediction(categories, probabilities, seconds)
 
-    def _call(
-        self, titles: List[List[str]], tags: List[List[str]], gone: Optional[Callable[[], bool]]
-    ) -> Tuple[List[str], np.ndarray]:
-        flat_titles = [title for group in titles for title in group]
-        flat_tags = [tag for group in tags for tag in group]
-        return predict_in_sub_batches(self._model, flat_titles, flat_tags, gone)
-
     def _alone(self, job: _Job) -> Outcome:
         try:
             start = time.perf_counter()
-            categories, probabilities = predict_in_sub_batches(self._model, job.titles, job.tags)
+            columns = _columns(job.titles, job.tags, job.fields)
+            categories, probabilities = predict_in_sub_batches(self._model, columns)
             return Prediction(categories, probabilities, time.perf_counter() - start)
         except Exception as exc:  # noqa: BLE001 - handed to this job's caller, who re-raises it
             return exc
@@ -482,14 +486,43 @@ class _ClientLeft(Exception):
     """Raised between sub-batches when the only client of a call has left."""
 
 
+def _columns(titles: List[str], tags: List[str], fields: Mapping[str, Column]) -> Dict[str, Column]:
+    return {INPUT_TITLE: titles, INPUT_TAGS: tags, **fields}
+
+
+def _merged(jobs: List[_Job]) -> Dict[str, Column]:
+    """One call's columns: each job's rows in turn. A field that only some of the jobs
+    sent is unknown in the others' rows."""
+    if len(jobs) == 1:
+        return _columns(jobs[0].titles, jobs[0].tags, jobs[0].fields)
+    columns: Dict[str, Column] = {
+        INPUT_TITLE: [title for job in jobs for title in job.titles],
+        INPUT_TAGS: [tag for job in jobs for tag in job.tags],
+    }
+    for name in dict.fromkeys(name for job in jobs for name in job.fields):
+        columns[name] = [value for job in jobs for value in _field(job, name)]
+    return columns
+
+
+def _field(job: _Job, name: str) -> Column:
+    column = job.fields.get(name)
+    if column is not None:
+        return column
+    # The runtime's "no value": "" in its one string input among the fields, None in numbers.
+    unknown: Any = "" if name == INPUT_SELLER else None
+    return [unknown] * len(job.titles)
+
+
 def predict_in_sub_batches(
-    model: Model, titles: List[str], tags: List[str], gone: Optional[Callable[[], bool]] = None
+    model: Model, columns: Mapping[str, Column], gone: Optional[Callable[[], bool]] = None
 ) -> Tuple[List[str], np.ndarray]:
-    """One category and one row of probabilities per title, in order; big inputs in
-    sub-batches sorted by length, given up between two of them (_ClientLeft) once
-    `gone()` says the client left."""
+    """One category and one row of probabilities per product of `columns` (one column per
+    model input, `title` and `concatenated_tags` required), in order; big inputs in
+    sub-batches sorted by length, every column cut by the same rows, given up between
+    two of them (_ClientLeft) once `gone()` says the client left."""
+    titles, tags = columns[INPUT_TITLE], columns[INPUT_TAGS]
     if len(titles) <= SUB_BATCH_ROWS:
-        return model.predict_with_probabilities({INPUT_TITLE: titles, INPUT_TAGS: tags})
+        return model.predict_with_probabilities(columns)
     order = sorted(range(len(titles)), key=lambda i: len(titles[i]) + len(tags[i]))
     categories = [""] * len(titles)
     probabilities: Optional[np.ndarray] = None
@@ -497,8 +530,8 @@ def predict_in_sub_batches(
         if gone is not None and gone():
             raise _ClientLeft
         rows = order[start : start + SUB_BATCH_ROWS]
-        texts = {INPUT_TITLE: [titles[i] for i in rows], INPUT_TAGS: [tags[i] for i in rows]}
-        batch, batch_probabilities = model.predict_with_probabilities(texts)
+        part = {name: [column[i] for i in rows] for name, column in columns.items()}
+        batch, batch_probabilities = model.predict_with_probabilities(part)
         if probabilities is None:
             probabilities = np.empty((len(titles), batch_probabilities.shape[1]), batch_probabilities.dtype)
         probabilities[rows] = batch_probabilities

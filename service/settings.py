@@ -15,6 +15,13 @@ DEFAULT_MAX_PRODUCTS = 10_000
 DEFAULT_MAX_TITLE_CHARS = 1_000
 # Tags are a space-separated list that the model reads like a second title.
 DEFAULT_MAX_TAGS_CHARS = 5_000
+# Listing fields (issue 13), each optional. A seller id is an identifier, not text to read;
+# the numbers' bounds are far above the training data's largest values (price 11,509
+# reais, weight 65,009 g, minimum quantity 3,000) and only refuse what cannot be a listing.
+DEFAULT_MAX_SELLER_ID_CHARS = 64
+DEFAULT_MAX_PRICE = 1_000_000.0  # reais (BRL)
+DEFAULT_MAX_WEIGHT = 1_000_000.0  # grams
+DEFAULT_MAX_MINIMUM_QUANTITY = 1_000_000.0  # units
 # A full 10,000-product request with ordinary titles and tags is ~1.5 MiB of JSON.
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 # Micro-batching (service/scheduler.py): the most products one shared model call takes.
@@ -30,6 +37,10 @@ DEFAULT_MAX_PENDING_BYTES = 16 * 1024 * 1024
 # A request that would wait longer than this for the model is refused (503 + Retry-After)
 # rather than answered late: well inside common client time-outs (30 s and more).
 DEFAULT_MAX_QUEUE_SECONDS = 5.0
+
+# Highest bound a listing number's limit may be set to: the model reads float32, which
+# holds every value up to here (its largest is ~3.4e38), if rounded.
+_MAX_BOUND = 1e15
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # prometheus-client reads this variable in each worker (service/supervisor.py sets it).
@@ -98,6 +109,12 @@ class Settings:
     # is that library's). Created if missing, emptied of metric files at start and at
     # exit; "" = a private directory in the temporary directory, removed at exit.
     metrics_dir: str = ""
+    # Longest seller_id accepted, in characters (an integer's decimal digits, sign included).
+    max_seller_id_chars: int = DEFAULT_MAX_SELLER_ID_CHARS
+    # Largest price (reais), weight (grams) and minimum_quantity (units) accepted.
+    max_price: float = DEFAULT_MAX_PRICE
+    max_weight: float = DEFAULT_MAX_WEIGHT
+    max_minimum_quantity: float = DEFAULT_MAX_MINIMUM_QUANTITY
 
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Settings:
@@ -129,6 +146,14 @@ class Settings:
                 e, "MAX_QUEUE_SECONDS", _float_between(0.001, 3600), cls.max_queue_seconds
             ),
             metrics_dir=_read(e, METRICS_DIR_VARIABLE, _as_is, cls.metrics_dir),
+            max_seller_id_chars=_read(
+                e, "MAX_SELLER_ID_CHARS", _int_between(1, 1_000_000), cls.max_seller_id_chars
+            ),
+            max_price=_read(e, "MAX_PRICE", _float_between(0, _MAX_BOUND, "a number"), cls.max_price),
+            max_weight=_read(e, "MAX_WEIGHT", _float_between(0, _MAX_BOUND, "a number"), cls.max_weight),
+            max_minimum_quantity=_read(
+                e, "MAX_MINIMUM_QUANTITY", _float_between(0, _MAX_BOUND, "a number"), cls.max_minimum_quantity
+            ),
         )
 
 
@@ -159,12 +184,12 @@ def _int_between(low: int, high: int) -> Callable[[str], int]:
     return parse
 
 
-def _float_between(low: float, high: float) -> Callable[[str], float]:
+def _float_between(low: float, high: float, what: str = "a number of seconds") -> Callable[[str], float]:
     def parse(raw: str) -> float:
         try:
             value = float(raw)
         except ValueError:
-            raise ValueError("expected a number of seconds") from None
+            raise ValueError(f"expected {what}") from None
         if not low <= value <= high:  # also rejects nan
             raise ValueError(f"expected a number between {low:g} and {high:g}")
         return value

@@ -9,7 +9,7 @@ import io
 import json
 import logging
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import msgspec
 import numpy as np
@@ -22,7 +22,7 @@ from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from runtime.categorizer import Categorizer
+from runtime.categorizer import LISTING_FIELDS, Categorizer, Column
 from runtime.identity import model_version
 from service.access_log import access_logger, access_logger_class
 from service.app import create_app
@@ -304,7 +304,7 @@ async def test_keeps_order_and_length(
 
 async def test_ignores_extra_fields(client: Client) -> None:
     plain = [{"title": "Kit festa infantil", "concatenated_tags": "festa"}]
-    extra = [{**plain[0], "price": 12.5, "seller_id": 7, "nested": {"a": [1, None]}, "title_": 1}]
+    extra = [{**plain[0], "nested": {"a": [1, None]}, "title_": 1, "Price": "not a listing field"}]
     body = {"products": extra, "request_id": "abc"}
     response = await post(client, body)
     assert response.status == 200
@@ -350,6 +350,126 @@ async def test_categorizes_every_test_product(
     assert all(c in model_labels for c in categories)
     # The file's own labels must be ones the model knows, or the contract is off.
     assert {r["category"] for r in test_products} <= set(model_labels)
+
+
+# --- Listing fields (issue 13) ----------------------------------------------------------------
+
+LISTING = {
+    "seller_id": 9835835,
+    "price": 49.9,
+    "weight": 300,
+    "minimum_quantity": 10,
+    "express_delivery": True,
+}
+
+
+@pytest.fixture
+def model_calls(client: Client, monkeypatch: pytest.MonkeyPatch) -> List[Dict[str, List[Any]]]:
+    """The columns of every call the service makes to its model (which still runs)."""
+    calls: List[Dict[str, List[Any]]] = []
+    real = client.app[STATE].model.predict_with_probabilities
+
+    def spy(columns: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
+        calls.append({name: list(column) for name, column in columns.items()})
+        return real(columns)
+
+    monkeypatch.setattr(client.app[STATE].model, "predict_with_probabilities", spy)
+    return calls
+
+
+def takes_listing_fields(client: Client) -> bool:
+    return bool(set(LISTING_FIELDS) & set(client.app[STATE].model.inputs))
+
+
+async def test_listing_fields_reach_the_model_in_their_rows(
+    client: Client, model_calls: List[Dict[str, List[Any]]]
+) -> None:
+    plain = [{"title": "Caneca personalizada"}, {"title": "Body de bebê"}, {"title": "Colar de prata"}]
+    products = [plain[0], {**plain[1], **LISTING}, {**plain[2], "seller_id": "abc", "express_delivery": 0}]
+    response = await post(client, {"products": products})
+    assert response.status == 200
+    assert model_calls == [
+        {
+            "title": [p["title"] for p in plain],
+            "concatenated_tags": ["", "", ""],
+            "seller_id": ["", "9835835", "abc"],
+            "price": [None, 49.9, None],
+            "weight": [None, 300.0, None],
+            "minimum_quantity": [None, 10.0, None],
+            "express_delivery": [None, True, 0.0],
+        }
+    ]
+    if not takes_listing_fields(client):
+        # A model from before the fields (the committed one) answers as if they were absent.
+        assert await response.read() == await (await post(client, {"products": plain})).read()
+
+
+async def test_listing_fields_follow_their_products_through_sub_batches(
+    client: Client, model_calls: List[Dict[str, List[Any]]]
+) -> None:
+    # More products than a sub-batch, titles of shuffled lengths: the length sort reorders.
+    count = 1000
+    products = [
+        {"title": f"Caneca {i} " + "azul " * ((i * 7) % 11), "seller_id": i, "price": i, "weight": i / 2}
+        for i in range(count)
+    ]
+    assert len(await categories_of(client, products)) == count
+    assert len(model_calls) > 1
+    for columns in model_calls:
+        ids = [int(title.split()[1]) for title in columns["title"]]
+        assert columns["seller_id"] == [str(i) for i in ids]
+        assert columns["price"] == [float(i) for i in ids]
+        assert columns["weight"] == [i / 2 for i in ids]
+    assert model_calls[0]["title"] != [p["title"] for p in products[: len(model_calls[0]["title"])]]
+
+
+async def test_null_listing_fields_are_the_same_as_absent(
+    client: Client, model_calls: List[Dict[str, List[Any]]]
+) -> None:
+    nulls = {name: None for name in LISTING_FIELDS}
+    with_nulls = await post(client, {"products": [{"title": "Caneca", **nulls}, {"title": "Body"}]})
+    without = await post(client, {"products": [{"title": "Caneca"}, {"title": "Body"}]})
+    assert await with_nulls.read() == await without.read()
+    assert [set(columns) for columns in model_calls] == [{"title", "concatenated_tags"}] * 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("seller_id", True),
+        ("seller_id", 1.5),
+        ("seller_id", "s" * 65),
+        ("seller_id", 2**63),
+        ("price", -1),
+        ("price", 1_000_001),
+        ("price", False),
+        ("price", "12.50"),
+        ("weight", -0.5),
+        ("weight", 2_000_000),
+        ("weight", True),
+        ("minimum_quantity", -1),
+        ("minimum_quantity", 10**7),
+        ("minimum_quantity", [1]),
+        ("express_delivery", 2),
+        ("express_delivery", 0.5),
+        ("express_delivery", "yes"),
+    ],
+)
+async def test_rejects_an_invalid_listing_field_naming_it(
+    client: Client, model_labels: Tuple[str, ...], field: str, value: Any
+) -> None:
+    products = [{"title": f"Caneca {i}"} for i in range(7)] + [{"title": "Caneca", field: value}]
+    problem = await rejects(client, model_labels, {"products": products}, f"products[7].{field}")
+    assert "or null" in problem["detail"]  # says what the field takes
+
+
+@pytest.mark.parametrize("number", [b"NaN", b"Infinity", b"-Infinity", b"1e400"])
+async def test_rejects_numbers_that_are_not_finite(
+    client: Client, model_labels: Tuple[str, ...], number: bytes
+) -> None:
+    # NaN and Infinity are not JSON (the body is refused); 1e400 is, and is out of range.
+    field = "products[0].weight" if number == b"1e400" else "body"
+    await rejects(client, model_labels, b'{"products": [{"title": "a", "weight": ' + number + b"}]}", field)
 
 
 # --- Ops endpoints --------------------------------------------------------------------------
@@ -413,6 +533,10 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     assert schemas["CategorizeRequest"]["properties"]["products"]["maxItems"] == settings.max_products
     assert schemas["Product"]["properties"]["title"]["maxLength"] == settings.max_title_chars
     assert schemas["Product"]["required"] == ["title"]
+    product = schemas["Product"]["properties"]
+    assert set(product) == {"title", "concatenated_tags", *LISTING_FIELDS}
+    assert product["price"]["anyOf"][0] == {"type": "number", "minimum": 0, "maximum": settings.max_price}
+    assert {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1} in product["seller_id"]["anyOf"]
     responses = doc["paths"]["/v1/categorize"]["post"]["responses"]
     # Every status the handler answers (499 goes to a client that has left: nobody reads it).
     assert set(responses) == {"200", "400", "408", "413", "415", "500", "503"}
@@ -659,8 +783,21 @@ _json_values = st.recursive(
     max_leaves=12,
 )
 _titles = st.one_of(st.text(max_size=30), _json_values)
+_listing_values = st.one_of(
+    _json_values, st.integers(), st.floats(), st.booleans(), st.sampled_from([0, 1, 0.0, 1.0, "", None])
+)
 _products = st.lists(
-    st.fixed_dictionaries({"title": _titles}, optional={"concatenated_tags": _titles, "x": _json_values})
+    st.fixed_dictionaries(
+        {"title": _titles},
+        optional={
+            "concatenated_tags": _titles,
+            "x": _json_values,
+            **{
+                name: _listing_values
+                for name in ("seller_id", "price", "weight", "minimum_quantity", "express_delivery")
+            },
+        },
+    )
     | _json_values,
     max_size=5,
 )

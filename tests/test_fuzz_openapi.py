@@ -20,6 +20,7 @@ from typing import Any, Dict, Iterator
 import pytest
 
 from bench import procs
+from runtime.categorizer import LISTING_FIELDS
 from tests.datasets import model_file
 from tests.servers import STOP_TIMEOUT_SECONDS, Launcher, unused_port
 
@@ -73,6 +74,13 @@ def valid_header_fields(headers: Dict[str, Any]) -> bool:
     )
 
 
+def has_listing_fields(body: Any) -> bool:
+    products = body.get("products") if isinstance(body, dict) else None
+    return isinstance(products, list) and any(
+        isinstance(product, dict) and product.keys() & set(LISTING_FIELDS) for product in products
+    )
+
+
 @pytest.fixture(scope="module")
 def document(base_url: str) -> Dict[str, Any]:
     with urllib.request.urlopen(f"{base_url}/openapi.json", timeout=10) as response:
@@ -106,6 +114,8 @@ def test_schemathesis_finds_no_server_error(base_url: str, document: Dict[str, A
         seen[f"{case.method} {case.path} {response.status_code}"] += 1
         if case.query and "include" in case.query:
             seen[f"{case.method} {case.path}?include {response.status_code}"] += 1
+        if has_listing_fields(case.body):
+            seen[f"{case.method} {case.path} with listing fields {response.status_code}"] += 1
         if response.status_code >= 500:
             failures.append(case.as_curl_command())
         if not valid_header_fields(case.headers or {}):
@@ -122,6 +132,11 @@ def test_schemathesis_finds_no_server_error(base_url: str, document: Dict[str, A
 
     run()
     assert failures == []
+    # The listing fields are in the document, and bodies carrying them were answered both ways.
+    product = document["components"]["schemas"]["Product"]["properties"]
+    assert set(LISTING_FIELDS) <= set(product)
+    assert seen["POST /v1/categorize with listing fields 200"] > 0, seen
+    assert seen["POST /v1/categorize with listing fields 400"] > 0, seen
     assert sum(seen.values()) >= EXAMPLES * 0.9, seen
     # Both kinds of bodies reached the model's endpoint.
     assert seen["POST /v1/categorize 200"] > 0, seen

@@ -35,7 +35,7 @@ def test_sub_batches_keep_each_row_in_place(model: Categorizer, test_products: L
         model.predict_with_probabilities({"title": [t], "concatenated_tags": [g]})
         for t, g in zip(titles, tags)
     ]
-    categories, probabilities = predict_in_sub_batches(model, titles, tags)
+    categories, probabilities = predict_in_sub_batches(model, {"title": titles, "concatenated_tags": tags})
     assert categories == [labels[0] for labels, _ in alone]
     np.testing.assert_allclose(probabilities, np.concatenate([rows for _, rows in alone]), rtol=0, atol=1e-6)
     assert len(set(categories)) > 1, "all rows got one category: the order check would be vacuous"

@@ -8,14 +8,14 @@ import dataclasses
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import AsyncIterator, Awaitable, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
 import aiohttp
 import numpy as np
 import pytest
 from aiohttp import web
 
-from runtime.categorizer import Column
+from runtime.categorizer import INPUT_SELLER, LISTING_FIELDS, Column
 from service import scheduler as scheduling
 from service.app import create_app
 from service.errors import ApiError
@@ -30,31 +30,46 @@ MAX_ROWS = 64
 
 
 class FakeModel:
-    """Upper-cases each title, and gives it a row of "probabilities" of its own
-    (fake_row); fails on a title "boom"; records every call and its thread. With `gate`
-    set, each call waits for it (so a test can hold the model busy)."""
+    """Upper-cases each title, followed by its tags and its known listing fields
+    (fake_category), and gives it a row of "probabilities" of its own (fake_row); fails
+    on a title "boom"; records every call's titles and thread, and its columns. With
+    `gate` set, each call waits for it (so a test can hold the model busy)."""
 
     def __init__(self, gate: Optional[threading.Event] = None) -> None:
         self.calls: List[Tuple[List[str], str]] = []
+        self.columns: List[Dict[str, List[Any]]] = []
         self.gate = gate
         self.running = 0
         self.most_running = 0
 
-    def predict_with_probabilities(self, texts: Mapping[str, Sequence[str]]) -> Tuple[List[str], np.ndarray]:
-        titles, tags = texts["title"], texts["concatenated_tags"]
-        assert len(titles) == len(tags)
+    def predict_with_probabilities(self, columns: Mapping[str, Column]) -> Tuple[List[str], np.ndarray]:
+        titles, tags = list(columns["title"]), list(columns["concatenated_tags"])
+        fields = {name: list(columns[name]) for name in LISTING_FIELDS if name in columns}
+        assert all(len(column) == len(titles) for column in [tags, *fields.values()])
+        # The runtime's types: the seller a string ("" unknown), the numbers numbers or None.
+        assert all(isinstance(seller, str) for seller in fields.get(INPUT_SELLER, []))
         self.running += 1
         self.most_running = max(self.most_running, self.running)
         try:
-            self.calls.append((list(titles), threading.current_thread().name))
+            self.calls.append((titles, threading.current_thread().name))
+            self.columns.append({"title": titles, **fields})
             if self.gate is not None:
                 assert self.gate.wait(10), "test gate never opened"
             if "boom" in titles:
                 raise ValueError("boom in the batch")
             rows = np.array([fake_row(t) for t in titles], dtype=np.float32).reshape(len(titles), 2)
-            return [t.upper() + g for t, g in zip(titles, tags)], rows
+            known = [{name: column[i] for name, column in fields.items()} for i in range(len(titles))]
+            return [fake_category(t, g, f) for t, g, f in zip(titles, tags, known)], rows
         finally:
             self.running -= 1
+
+
+def fake_category(title: str, tags: str, fields: Mapping[str, Any]) -> str:
+    """The title upper-cased, its tags, and each listing field it has a value for (unknown
+    ones, "" or None, left out: what a product gets depends on its own fields alone)."""
+    values = [(name, fields[name]) for name in LISTING_FIELDS if name in fields]
+    known = "".join(f"|{name}={value}" for name, value in values if value not in ("", None))
+    return title.upper() + tags + known
 
 
 def fake_row(title: str) -> List[float]:
@@ -102,11 +117,17 @@ def make(
 
 
 def submit(
-    scheduler: Scheduler, *titles: str, nbytes: int = 100, gone: Callable[[], bool] = lambda: False
+    scheduler: Scheduler,
+    *titles: str,
+    nbytes: int = 100,
+    gone: Callable[[], bool] = lambda: False,
+    fields: Optional[Dict[str, List[Any]]] = None,
 ) -> asyncio.Future[List[str]]:
     """Admits and runs one request, releasing its ticket when done, as the handler does;
     its categories."""
-    return asyncio.ensure_future(_categories(predict(scheduler, *titles, nbytes=nbytes, gone=gone)))
+    return asyncio.ensure_future(
+        _categories(predict(scheduler, *titles, nbytes=nbytes, gone=gone, fields=fields))
+    )
 
 
 async def _categories(prediction: Awaitable[Prediction]) -> List[str]:
@@ -114,16 +135,21 @@ async def _categories(prediction: Awaitable[Prediction]) -> List[str]:
 
 
 def predict(
-    scheduler: Scheduler, *titles: str, nbytes: int = 100, gone: Callable[[], bool] = lambda: False
+    scheduler: Scheduler,
+    *titles: str,
+    nbytes: int = 100,
+    gone: Callable[[], bool] = lambda: False,
+    fields: Optional[Dict[str, List[Any]]] = None,
 ) -> asyncio.Future[Prediction]:
     """As submit, but the whole prediction."""
     items = list(titles)
     ticket = scheduler.admit(nbytes)
     scheduler.grow(ticket, nbytes)  # the whole body arrived
+    tags = [""] * len(items)
 
     async def run() -> Prediction:
         try:
-            return await scheduler.categorize(ticket, items, [""] * len(items), sum(map(len, items)), gone)
+            return await scheduler.categorize(ticket, items, tags, fields or {}, sum(map(len, items)), gone)
         finally:
             scheduler.release(ticket)
 
@@ -158,7 +184,7 @@ async def test_a_big_request_on_an_idle_worker_runs_in_the_handler(executor: Thr
     scheduler, _ = make(model, executor, max_rows=2)
     ticket = scheduler.admit(10)
     # Not awaited through the queue: the call happens before categorize first yields.
-    coroutine = scheduler.categorize(ticket, ["a", "b", "c"], ["", "", ""], 3, lambda: False)
+    coroutine = scheduler.categorize(ticket, ["a", "b", "c"], ["", "", ""], {}, 3, lambda: False)
     with pytest.raises(StopIteration) as done:
         coroutine.send(None)
     assert done.value.value.categories == ["A", "B", "C"]
@@ -254,6 +280,53 @@ async def test_probabilities_follow_their_products(executor: ThreadPoolExecutor)
         assert prediction.categories == [t.upper() for t in titles]
         assert prediction.probabilities.tolist() == [fake_row(t) for t in titles]
     assert len(model.calls) == 1 + 3  # the shared call, then the big one's three sub-batches
+
+
+def listing(i: int) -> Dict[str, Any]:
+    """Product i's listing fields, each known for some products only, so that requests mix
+    known and unknown values."""
+    return {
+        "seller_id": "" if i % 3 == 0 else f"s{i}",
+        "price": None if i % 4 == 0 else float(i),
+        "weight": float(i * 10) if i % 2 else None,
+        "minimum_quantity": None,
+        "express_delivery": [None, True, 0.0][i % 3],
+    }
+
+
+def columns_of(rows: List[Dict[str, Any]], names: List[str]) -> Dict[str, List[Any]]:
+    return {name: [row[name] for row in rows] for name in names}
+
+
+async def test_listing_fields_follow_their_products(executor: ThreadPoolExecutor) -> None:
+    model = FakeModel()
+    scheduler, _ = make(model, executor, max_rows=8, inline_max_chars=0)
+    # Small requests share one call: with every field, with some, with none; a big one
+    # runs in sub-batches sorted by length (the titles' lengths are shuffled against i).
+    firsts = [listing(i) for i in range(1, 4)]
+    requests = [
+        (["a", "bb", "ccc"], columns_of(firsts, list(LISTING_FIELDS))),
+        (["dddd"], {}),
+        (["e", "ff"], columns_of([listing(5), listing(6)], ["price", "seller_id"])),
+    ]
+    count = 2 * scheduling.SUB_BATCH_ROWS + 5
+    big_titles = [f"{i}" + "x" * ((i * 7) % 13) for i in range(count)]
+    big_rows = [listing(i) for i in range(count)]
+    requests.append((big_titles, columns_of(big_rows, list(LISTING_FIELDS))))
+    results = await asyncio.gather(
+        *(predict(scheduler, *titles, fields=fields) for titles, fields in requests)
+    )
+    for (titles, fields), prediction in zip(requests, results):
+        rows = [{name: column[i] for name, column in fields.items()} for i in range(len(titles))]
+        assert prediction.categories == [fake_category(t, "", row) for t, row in zip(titles, rows)]
+        assert prediction.probabilities.tolist() == [fake_row(t) for t in titles]
+    assert len(model.calls) == 1 + 3, "the small requests did not share one call"
+    shared = model.columns[0]
+    # Rows of a request that lacks a field carry the runtime's unknown: "" or None.
+    assert shared["seller_id"] == ["s1", "s2", "", "", "s5", ""]
+    assert shared["weight"] == [10.0, None, 30.0, None, None, None]
+    sub_batch = model.columns[1]["title"]
+    assert sub_batch != sorted(sub_batch, key=big_titles.index), "the sort reordered nothing"
 
 
 async def test_a_prediction_carries_the_time_of_its_model_call(executor: ThreadPoolExecutor) -> None:

@@ -35,9 +35,28 @@ def test_reads_every_variable() -> None:
         "ACCESS_LOG": "0.25",
         "DRAIN_SECONDS": "1.5",
         "GRACE_SECONDS": "2",
+        "MAX_SELLER_ID_CHARS": "8",
+        "MAX_PRICE": "500.5",
+        "MAX_WEIGHT": "1e5",
+        "MAX_MINIMUM_QUANTITY": "10",
     }
     assert Settings.from_env(env) == Settings(
-        "m.onnx", "127.0.0.1", 9000, 3, 5, 6, 7, 2048, "DEBUG", 0.25, 1.5, 2.0
+        "m.onnx",
+        "127.0.0.1",
+        9000,
+        3,
+        5,
+        6,
+        7,
+        2048,
+        "DEBUG",
+        0.25,
+        1.5,
+        2.0,
+        max_seller_id_chars=8,
+        max_price=500.5,
+        max_weight=100_000.0,
+        max_minimum_quantity=10.0,
     )
 
 
@@ -59,6 +78,10 @@ def test_access_log_flag(flag: str, rate: float) -> None:
         ("MAX_BODY_BYTES", "10"),
         ("GRACE_SECONDS", "inf"),
         ("ACCESS_LOG", "2"),
+        ("MAX_SELLER_ID_CHARS", "0"),
+        ("MAX_PRICE", "-1"),
+        ("MAX_WEIGHT", "nan"),
+        ("MAX_MINIMUM_QUANTITY", "lots"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
