@@ -49,6 +49,10 @@ class TrainConfig:
     # Weight of each product's views with its listing fields, beside the same
     # views without them (see prepare.training_examples); 0 trains no field block.
     fields_weight: float = 1.0
+    # Chance that a view with fields leaves out each of them (see
+    # prepare.training_examples): teaches the model callers who send some fields,
+    # and sellers it never saw.
+    field_dropout: float = 0.2
 
 
 @dataclass
@@ -172,8 +176,9 @@ DEFAULT_CONFIG = TrainConfig()
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train both heads on the cleaned listing `rows` (one per search, as published)."""
-    title = prepare.training_examples(rows, config.query_weight, fields_weight=config.fields_weight)
-    both = prepare.training_examples(rows, config.query_weight, config.tags_only_weight, config.fields_weight)
+    fields = {"fields_weight": config.fields_weight, "field_dropout": config.field_dropout}
+    title = prepare.training_examples(rows, config.query_weight, **fields)
+    both = prepare.training_examples(rows, config.query_weight, config.tags_only_weight, **fields)
     # The title head's examples are the tags head's without the tags-only ones,
     # which come last: hash every text once (hashing is most of the training time).
     n_title = len(title.docs)
@@ -199,10 +204,7 @@ def _fit_head(
     """A head's tf-idf and SGD fitted on hashed `counts` and the examples' field tokens."""
     # idf from the text of the examples without fields only: the views with fields
     # repeat those texts, and must not move what the text alone is worth.
-    plain = np.array([seller == "" for seller in examples.fields.sellers]) & np.isnan(
-        examples.fields.numbers
-    ).all(axis=1)
-    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[plain])
+    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[~examples.field_view])
     sgd = classifier(config)
     sgd.fit(
         sp.hstack([tfidf.transform(counts), field_tokens], format="csr"),

@@ -122,13 +122,19 @@ def training_views(frame: pd.DataFrame) -> tuple[List[Doc], np.ndarray]:
     return both, np.concatenate([frame["category"].to_numpy()] * 2)
 
 
+# Seed of the field dropout, so that retraining reproduces the model.
+DROPOUT_SEED = 0
+
+
 class Examples(NamedTuple):
-    """Training examples: docs, their listing fields, categories, sample weights."""
+    """Training examples: docs, their listing fields, categories, sample weights, and
+    whether each is a view with fields (the others are the text-only examples)."""
 
     docs: List[Doc]
     fields: Fields
     target: np.ndarray
     weights: np.ndarray
+    field_view: np.ndarray
 
     def then(self, other: Examples) -> Examples:
         """These examples, then `other`'s."""
@@ -137,27 +143,36 @@ class Examples(NamedTuple):
             self.fields.concat(other.fields),
             np.concatenate([self.target, other.target]),
             np.concatenate([self.weights, other.weights]),
+            np.concatenate([self.field_view, other.field_view]),
         )
 
 
 def _examples(
     batch: List[Doc], target: np.ndarray, weights: np.ndarray, fields: Optional[Fields] = None
 ) -> Examples:
-    return Examples(batch, Fields.unknown(len(batch)) if fields is None else fields, target, weights)
+    known = Fields.unknown(len(batch)) if fields is None else fields
+    return Examples(batch, known, target, weights, np.full(len(batch), fields is not None))
 
 
 def training_examples(
-    rows: pd.DataFrame, query_weight: float, tags_only_weight: float = 0.0, fields_weight: float = 0.0
+    rows: pd.DataFrame,
+    query_weight: float,
+    tags_only_weight: float = 0.0,
+    fields_weight: float = 0.0,
+    field_dropout: float = 0.0,
 ) -> Examples:
     """Both views of each distinct product without its fields, weight one; each
     search query as a title, weighted by its category share; when fields_weight
-    > 0, both views again with the product's fields; and when tags_only_weight
+    > 0, both views again with the product's fields, each field of each view
+    left unknown with probability field_dropout; and when tags_only_weight
     > 0, the tags of each product that has them: one example per product, so
     tags that many products share weigh more.
 
     The views without fields teach the text alone, which serves a caller who
     sends no fields as well as before the fields existed; the views with them
-    teach what a field adds to the same text.
+    teach what a field adds to the same text. Dropping fields at random teaches
+    the other fields to stand without them: a caller may send some fields and
+    not others, and a product's seller is unknown when the model never saw it.
     """
     distinct = deduplicate(rows)
     batch, target = training_views(distinct)
@@ -171,7 +186,7 @@ def training_examples(
         )
     )
     if fields_weight > 0:
-        both = fields_of(distinct).concat(fields_of(distinct))
+        both = fields_of(distinct).concat(fields_of(distinct)).dropped(field_dropout, DROPOUT_SEED)
         examples = examples.then(_examples(batch, target, np.full(len(batch), fields_weight), both))
     if tags_only_weight > 0:
         tagged = distinct[heads_of_tags(distinct["concatenated_tags"]) == TAGS_HEAD]

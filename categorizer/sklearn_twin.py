@@ -252,6 +252,12 @@ class Fields:
     def concat(self, other: Fields) -> Fields:
         return Fields(self.sellers + other.sellers, np.concatenate([self.numbers, other.numbers]))
 
+    def dropped(self, rate: float, seed: int) -> Fields:
+        """These fields with each field of each product made unknown with probability `rate`."""
+        drop = np.random.default_rng(seed).random((len(self), 1 + self.numbers.shape[1])) < rate
+        sellers = tuple("" if gone else seller for seller, gone in zip(self.sellers, drop[:, 0]))
+        return Fields(sellers, np.where(drop[:, 1:], np.float32(np.nan), self.numbers))
+
 
 class FieldTokens(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     """The field block: each product's token per field, [N, width_] worth the

@@ -749,6 +749,8 @@ async def test_the_access_log_line_carries_the_ids(settings: Settings, json_log:
 
 # --- The model card (GET /v1/model) ------------------------------------------------------------
 
+NUMBER_INPUTS = ("price", "weight", "minimum_quantity", "express_delivery")
+
 
 async def test_the_model_card_describes_the_loaded_file(
     client: Client, model_path: str, model_labels: Tuple[str, ...]
@@ -763,9 +765,12 @@ async def test_the_model_card_describes_the_loaded_file(
     )
     assert card["version"] == model_version(model_path) == response.headers["X-Model-Version"]
     assert card["labels"] == list(model_labels)
+    strings, numbers = "tensor(string)", "tensor(float)"
     assert card["inputs"] == [
-        {"name": "title", "type": "tensor(string)", "optional": False},
-        {"name": "concatenated_tags", "type": "tensor(string)", "optional": True},
+        {"name": "title", "type": strings, "optional": False},
+        {"name": "concatenated_tags", "type": strings, "optional": True},
+        {"name": "seller_id", "type": strings, "optional": True},
+        *({"name": name, "type": numbers, "optional": True} for name in NUMBER_INPUTS),
     ]
     assert card["feature_spec_format_version"] == json.loads(meta["feature_spec"])["format_version"]
     assert card["training_data_sha256"] == meta["training_data_sha256"]

@@ -106,10 +106,25 @@ def test_the_views_come_again_with_their_fields_before_the_tags_alone() -> None:
     assert examples.weights.tolist() == [*plain.weights.tolist(), 0.8, 0.8, 0.8, 0.8, 0.7]
     assert examples.target[7:11].tolist() == plain.target[:4].tolist()
     assert examples.fields.sellers == ("",) * 7 + ("7", "9", "7", "9") + ("",)
+    assert examples.field_view.tolist() == [False] * 7 + [True] * 4 + [False]
     np.testing.assert_array_equal(
         examples.fields.numbers[7:9], np.array([[10.5, 200.0, 1, 1], [30.0, np.nan, 2, 0]], dtype=np.float32)
     )
     assert np.isnan(examples.fields.numbers[[*range(7), 11]]).all()
+
+
+def test_field_dropout_leaves_fields_unknown_at_its_rate_reproducibly() -> None:
+    rows = pd.concat([listing_rows()] * 500, ignore_index=True)
+    rows["title"] = [f"produto {i}" for i in range(len(rows))]  # distinct products
+    examples = training_examples(rows, query_weight=0.5, fields_weight=1.0, field_dropout=0.25)
+    views = examples.field_view
+    unknown = np.isnan(examples.fields.numbers[views][:, [0, 2, 3]])  # price, quantity, express: always sent
+    assert 0.2 < unknown.mean() < 0.3
+    sellers = np.array(examples.fields.sellers, dtype=object)[views]
+    assert 0.2 < (sellers == "").mean() < 0.3
+    again = training_examples(rows, query_weight=0.5, fields_weight=1.0, field_dropout=0.25)
+    assert again.fields.sellers == examples.fields.sellers
+    np.testing.assert_array_equal(again.fields.numbers, examples.fields.numbers)
 
 
 def test_the_tags_head_also_learns_from_tags_alone() -> None:
