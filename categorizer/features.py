@@ -196,9 +196,9 @@ class FeatureSpec:
     # Value of the seller's token: how much a seller's history may weigh against
     # the text (docs/decisions.md, "The seller as a token"). A power of two, so
     # that the file's table of value * coefficient reads back exactly.
-    seller_value: float = 1.0
+    seller_value: float = 2.0
     # Value of each number's token (a power of two, for the same reason).
-    number_value: float = 0.25
+    number_value: float = 1.0
     # Bin edges of each number field (ascending, float32 values): a number's bin
     # is the count of edges at or below it, so bins run from 0 to len(edges).
     number_edges: Dict[str, Tuple[float, ...]] = field(default_factory=default_number_edges)

@@ -10,7 +10,7 @@ block is empty and the text alone decides.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -19,7 +19,7 @@ from sklearn.linear_model import SGDClassifier
 
 from categorizer import prepare
 from categorizer.features import Doc, FeatureSpec
-from categorizer.heads import N_HEADS, TAGS_HEAD, TITLE_HEAD, heads_of
+from categorizer.heads import N_HEADS, TAGS_HEAD, TEXT_HEADS, TITLE_HEAD, WITH_FIELDS, heads_of
 from categorizer.sklearn_twin import Fields, FieldTokens, NgramCounts, OccurrenceTfidf, block_scores
 from categorizer.weights import HeadWeights, round_weights
 
@@ -52,7 +52,7 @@ class TrainConfig:
     # Chance that a view with fields leaves out each of them (see
     # prepare.training_examples): teaches the model callers who send some fields,
     # and sellers it never saw.
-    field_dropout: float = 0.2
+    field_dropout: float = 0.1
 
 
 @dataclass
@@ -94,13 +94,13 @@ class Head:
 class Model:
     """The fitted heads, with weights exactly as the ONNX file stores them.
 
-    Both heads read the same features; heads.head_of says which one scores a
-    product, and why there are two. `fields` lays out the field block, the
-    same for both heads.
+    The heads read the same features; heads.head_of says which one scores a
+    product, and why there are four. `fields` lays out the field block, the
+    same for every head.
     """
 
     spec: FeatureSpec
-    heads: Tuple[Head, Head]
+    heads: Tuple[Head, ...]
 
     @property
     def fields(self) -> FieldTokens:
@@ -151,8 +151,8 @@ class Model:
         known = Fields.unknown(len(batch)) if fields is None else fields
         if len(known) != len(batch):
             raise ValueError(f"{len(batch)} products but fields for {len(known)}")
-        heads = heads_of(batch)
-        routes = [(head, np.flatnonzero(heads == head)) for head in (TITLE_HEAD, TAGS_HEAD)]
+        heads = heads_of(batch, self.fields.known(known))
+        routes = [(head, np.flatnonzero(heads == head)) for head in range(N_HEADS)]
         return [
             (head, rows, [batch[i] for i in rows], known.take(rows.tolist()))
             for head, rows in routes
@@ -175,45 +175,55 @@ DEFAULT_CONFIG = TrainConfig()
 
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
-    """Train both heads on the cleaned listing `rows` (one per search, as published)."""
-    fields = {"fields_weight": config.fields_weight, "field_dropout": config.field_dropout}
-    title = prepare.training_examples(rows, config.query_weight, **fields)
-    both = prepare.training_examples(rows, config.query_weight, config.tags_only_weight, **fields)
-    # The title head's examples are the tags head's without the tags-only ones,
-    # which come last: hash every text once (hashing is most of the training time).
-    n_title = len(title.docs)
-    if both.docs[:n_title] != title.docs:
-        raise AssertionError("the title head's examples must lead the tags head's")
-    counts = NgramCounts(spec).transform(both.docs)
-    fields = FieldTokens(spec).fit(prepare.fields_of(rows))
-    design = fields.transform(both.fields)
-    heads = [
-        _fit_head(spec, config, counts[:n_title], design[:n_title], title),
-        _fit_head(spec, config, counts, design, both),
+    """Train the four heads on the cleaned listing `rows` (one per search, as published)."""
+    text = [
+        prepare.training_examples(rows, config.query_weight),
+        prepare.training_examples(rows, config.query_weight, config.tags_only_weight),
     ]
-    return _model(spec, [Head(NgramCounts(spec), tfidf, fields, sgd) for tfidf, sgd in heads])
+    with_fields = [
+        prepare.training_examples(rows, config.query_weight, 0.0, config.fields_weight, config.field_dropout),
+        prepare.training_examples(
+            rows, config.query_weight, config.tags_only_weight, config.fields_weight, config.field_dropout
+        ),
+    ]
+    # Every head's examples are texts of the tags head's: hash each once (hashing
+    # is most of the training time) and pick the rows of each head's examples.
+    counts = NgramCounts(spec).transform(text[TAGS_HEAD].docs)
+    row_of = {doc: i for i, doc in reversed(list(enumerate(text[TAGS_HEAD].docs)))}
+    fields = FieldTokens(spec).fit(prepare.fields_of(rows))
+    fitted: Dict[int, SGDClassifier] = {}
+    tfidfs: Dict[int, OccurrenceTfidf] = {}
+    for head in TEXT_HEADS:
+        plain, full = text[head], with_fields[head]
+        # One idf for a head and its twin with fields: from the text examples only,
+        # which the views with fields repeat.
+        tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[_rows(row_of, plain)])
+        fitted[head] = _fit_sgd(config, tfidf, counts[_rows(row_of, plain)], fields, plain)
+        fitted[head + WITH_FIELDS] = _fit_sgd(config, tfidf, counts[_rows(row_of, full)], fields, full)
+        # Score with exactly the weights the ONNX file stores (see weights.round_weights).
+        tfidf.idf_ = round_weights(tfidf.idf_, fitted[head].coef_)[0]
+        for sgd in (fitted[head], fitted[head + WITH_FIELDS]):
+            sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)[1]
+        tfidfs[head] = tfidfs[head + WITH_FIELDS] = tfidf
+    return _model(spec, [Head(NgramCounts(spec), tfidfs[h], fields, fitted[h]) for h in range(N_HEADS)])
 
 
-def _fit_head(
-    spec: FeatureSpec,
+def _rows(row_of: Dict[Doc, int], examples: prepare.Examples) -> List[int]:
+    return [row_of[doc] for doc in examples.docs]
+
+
+def _fit_sgd(
     config: TrainConfig,
+    tfidf: OccurrenceTfidf,
     counts: sp.csr_matrix,
-    field_tokens: sp.csr_matrix,
+    fields: FieldTokens,
     examples: prepare.Examples,
-) -> Tuple[OccurrenceTfidf, SGDClassifier]:
-    """A head's tf-idf and SGD fitted on hashed `counts` and the examples' field tokens."""
-    # idf from the text of the examples without fields only: the views with fields
-    # repeat those texts, and must not move what the text alone is worth.
-    tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[~examples.field_view])
+) -> SGDClassifier:
+    """SGD fitted on the examples' tf-idf beside their field tokens (none known: an all-zero block)."""
     sgd = classifier(config)
-    sgd.fit(
-        sp.hstack([tfidf.transform(counts), field_tokens], format="csr"),
-        examples.target,
-        sample_weight=examples.weights,
-    )
-    # Score with exactly the weights the ONNX file stores (see weights.round_weights).
-    tfidf.idf_, sgd.coef_ = round_weights(tfidf.idf_, sgd.coef_)
-    return tfidf, sgd
+    design = sp.hstack([tfidf.transform(counts), fields.transform(examples.fields)], format="csr")
+    sgd.fit(design, examples.target, sample_weight=examples.weights)
+    return sgd
 
 
 def weights_of(model: Model) -> List[HeadWeights]:
@@ -226,7 +236,7 @@ def weights_of(model: Model) -> List[HeadWeights]:
             model.classifier(h).intercept_,
             model.classifier(h).coef_[:, width:],
         )
-        for h in (TITLE_HEAD, TAGS_HEAD)
+        for h in range(N_HEADS)
     ]
 
 
@@ -262,12 +272,10 @@ def _head_from_weights(
 
 def _model(spec: FeatureSpec, heads: Sequence[Head]) -> Model:
     if len(heads) != N_HEADS:
-        raise ValueError(f"a model has a title head and a tags head, got {len(heads)} heads")
-    title, tags = heads
-    if list(title.sgd.classes_) != list(tags.sgd.classes_):
-        raise ValueError(
-            f"the heads' classes differ: {list(title.sgd.classes_)} and {list(tags.sgd.classes_)}"
-        )
-    if title.fields is not tags.fields:
+        raise ValueError(f"a model has {N_HEADS} heads (heads.py), got {len(heads)}")
+    classes = [list(head.sgd.classes_) for head in heads]
+    if any(c != classes[0] for c in classes):
+        raise ValueError(f"the heads' classes differ: {classes}")
+    if any(head.fields is not heads[0].fields for head in heads):
         raise ValueError("the heads must share one field layout")
-    return Model(spec, (title, tags))
+    return Model(spec, tuple(heads))

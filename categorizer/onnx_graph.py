@@ -468,9 +468,10 @@ def _spread(b: _Builder, fps: str) -> str:
 # --- FIELD_TOKENS ----------------------------------------------------------------------
 
 
-def field_tokens(b: _Builder, spec: FeatureSpec, sellers: Sequence[str], starts: Sequence[int]) -> str:
-    """[1 + len(NUMBER_FIELDS), N + 1] int64: each field's token (sklearn_twin.FieldTokens'
-    layout, `starts` its fields' first tokens) of each product, and of the padding row (unknown)."""
+def field_tokens(b: _Builder, spec: FeatureSpec, sellers: Sequence[str], starts: Sequence[int]) -> _Fields:
+    """Each field's token (sklearn_twin.FieldTokens' layout, `starts` its fields' first
+    tokens) of each product and of the padding row (all unknown), and whether each
+    product has a token that is not unknown."""
     seller = _seller_tokens(b, sellers)
     numbers = b.op(
         "Reshape", [b.op("Concat", list(NUMBER_FIELDS), axis=0), b.const([len(NUMBER_FIELDS), -1])]
@@ -483,11 +484,19 @@ def field_tokens(b: _Builder, spec: FeatureSpec, sellers: Sequence[str], starts:
         "GreaterOrEqual", [b.op("Unsqueeze", [numbers, b.const([2])]), b.const(edges, dtype=np.float32)]
     )
     bins = b.op("ReduceSum", [b.op("Cast", [at_or_above], to=TensorProto.INT64), b.const([2])], keepdims=0)
-    tokens = b.op("Concat", [seller, b.op("Add", [bins, b.const([[start] for start in starts[1:]])])], axis=0)
-    # The padding row gets token 0 (the unknown seller) in every field: it weighs nothing.
-    padded = b.op("Pad", [tokens, b.const([0, 0, 0, 1]), b.const(UNKNOWN)])
-    b.show("tokens", padded, "int64", rank=2)
-    return padded
+    # Counted from each field's own start, UNKNOWN (0) is unknown; the padding row is too.
+    own = b.op("Pad", [b.op("Concat", [seller, bins], axis=0), b.const([0, 0, 0, 1]), b.const(UNKNOWN)])
+    tokens = b.op("Add", [own, b.const([[start] for start in starts])])
+    known = b.op("Min", [b.op("ReduceMax", [own, b.const([0])], keepdims=0), b.const(1)])
+    b.show("tokens", tokens, "int64", rank=2)
+    b.show("known", known, "int64")
+    return _Fields(tokens, known)
+
+
+@dataclass
+class _Fields:
+    tokens: str  # [1 + len(NUMBER_FIELDS), N + 1] int64
+    known: str  # [N + 1] int64: 1 where a product has a field the model can use
 
 
 def _seller_tokens(b: _Builder, sellers: Sequence[str]) -> str:
@@ -523,10 +532,12 @@ def _edge_table(spec: FeatureSpec) -> np.ndarray:
 # --- HEAD_CHOICE ---------------------------------------------------------------------
 
 
-def head_choice(b: _Builder, tags: str) -> str:
-    """TAGS_HEAD where the tags string is not empty, else TITLE_HEAD (heads.head_of)."""
+def head_choice(b: _Builder, tags: str, fields_known: str) -> str:
+    """TAGS_HEAD where the tags string is not empty, else TITLE_HEAD, plus WITH_FIELDS
+    where a field is known (heads.head_of)."""
     sent = b.op("Not", [b.op("Equal", [tags, b.const(EMPTY_TAGS)])])
-    head = b.op("Mul", [b.op("Cast", [sent], to=TensorProto.INT64), b.const(TAGS_HEAD)])
+    text = b.op("Mul", [b.op("Cast", [sent], to=TensorProto.INT64), b.const(TAGS_HEAD)])
+    head = b.op("Add", [text, fields_known])  # WITH_FIELDS is 1: known is the offset itself
     b.show("heads", head, "int64")
     return head
 
@@ -661,7 +672,7 @@ def build_model(
     tensors per row or per place then include one padding row (row N) and its places.
     """
     if len(heads) != N_HEADS:
-        raise ValueError(f"expected {N_HEADS} heads (title, tags), got {len(heads)}")
+        raise ValueError(f"expected {N_HEADS} heads (heads.py), got {len(heads)}")
     unknown = sorted(set(expose) - set(STAGES))
     if unknown:
         raise ValueError(f"no such stage(s) {unknown}; the stages are {list(STAGES)}")
@@ -688,13 +699,13 @@ def build_model(
         words_block = _Families(grams.values + skips.values, grams.valid + skips.valid, grams.rows)
         char_block, word_block = buckets(b, spec, [chars, words_block])
     with b.building(FIELD_TOKENS):
-        tokens = field_tokens(b, spec, fields.sellers_, fields.starts_.tolist())
+        found = field_tokens(b, spec, fields.sellers_, fields.starts_.tolist())
     with b.building(HEAD_CHOICE):
-        head = head_choice(b, tags)
+        head = head_choice(b, tags, found.known)
     with b.building(BLOCK_SCORES):
         n_rows = b.op("Shape", [title])
         scores = block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))
-        scores.append(field_scores(b, tokens, head, fields.width_))
+        scores.append(field_scores(b, found.tokens, head, fields.width_))
     with b.building(PROBABILITIES):
         probabilities(b, scores, head, labels, b.op("Shape", ["title"]))
     return _model(b, len(labels), metadata)

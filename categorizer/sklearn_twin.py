@@ -303,6 +303,11 @@ class FieldTokens(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         tokens: np.ndarray = field_tokens(self.spec, self.sellers_, fields) + self.starts_
         return tokens
 
+    def known(self, fields: Fields) -> np.ndarray:
+        """Whether each product has a field the model can use: a token not unknown."""
+        known: np.ndarray = (self.tokens(fields) != self.starts_).any(axis=1)
+        return known
+
     def transform(self, fields: Fields) -> sp.csr_matrix:
         tokens = self.tokens(fields)
         values = self.values_()[tokens]
@@ -331,9 +336,10 @@ def _bins(edges: Sequence[float], values: np.ndarray) -> np.ndarray:
 # --- head choice ----------------------------------------------------------------
 
 
-def head_choice(batch: Sequence[Doc]) -> np.ndarray:
-    """HEAD_CHOICE: the head that scores each product (the rule is heads.head_of)."""
-    return heads_of(batch)
+def head_choice(batch: Sequence[Doc], fields_known: Optional[np.ndarray] = None) -> np.ndarray:
+    """HEAD_CHOICE: the head that scores each product (the rule is heads.head_of);
+    fields_known is FieldTokens.known of the products' fields (None: none known)."""
+    return heads_of(batch, fields_known)
 
 
 # --- block scores ---------------------------------------------------------------

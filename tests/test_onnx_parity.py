@@ -28,7 +28,7 @@ from categorizer.features import (
     WEIGHT,
     FeatureSpec,
 )
-from categorizer.heads import TAGS_HEAD, TITLE_HEAD, head_of
+from categorizer.heads import FIELD_HEADS, N_HEADS, TAGS_HEAD, TITLE_HEAD, head_of
 from categorizer.model import Model, from_weights
 from categorizer.onnx_graph import feeds
 from categorizer.prepare import docs
@@ -174,15 +174,17 @@ def random_model(
     labels = labels or ["Bebê", "b", "c", "d"]
     values = FieldTokens(spec).set_sellers(sellers).values_()
 
-    def head() -> HeadWeights:
+    def head(with_fields: bool) -> HeadWeights:
         idf, coef = round_weights(
             rng.uniform(1.0, 9.0, spec.n_features), rng.normal(size=(len(labels), spec.n_features))
         )
-        # An unknown field's token never occurs in training: its coefficients stay 0.
+        # An unknown field's token never occurs in training: its coefficients stay 0;
+        # a head without fields never sees a field at all.
         field_coef = round_weights(idf, rng.normal(size=(len(labels), len(values))))[1] * (values > 0)
-        return HeadWeights(idf, coef, rng.normal(size=len(labels)), field_coef)
+        return HeadWeights(idf, coef, rng.normal(size=len(labels)), field_coef * with_fields)
 
-    return from_weights(spec, [head(), head()], labels, sellers)
+    heads = [head(with_fields=h in FIELD_HEADS) for h in range(N_HEADS)]
+    return from_weights(spec, heads, labels, sellers)
 
 
 def session_for(model: Model) -> ort.InferenceSession:

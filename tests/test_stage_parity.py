@@ -26,7 +26,6 @@ from categorizer.features import (
     CHAR_FINGERPRINTS,
     FIELD_TOKENS,
     HEAD_CHOICE,
-    LISTING_FIELDS,
     NUMBER_FIELDS,
     PROBABILITIES,
     SKIP_FINGERPRINTS,
@@ -114,11 +113,13 @@ def check_stage(
         assert bags(out, f"{stage}.chars", n) == bucket_bags(model, batch, twin.CHAR_BLOCK)
         assert bags(out, f"{stage}.words", n) == bucket_bags(model, batch, twin.WORD_BLOCK)
     elif stage == FIELD_TOKENS:
-        # Tokens are [fields, N + 1]; the padding row's are all 0, the seller's unknown.
+        # Tokens are [fields, N + 1]; the padding row's are each field's unknown.
         tokens = model.fields.tokens(fields).tolist()
-        assert out[f"{stage}.tokens"].T.tolist() == [*tokens, [0] * len(LISTING_FIELDS)]
+        assert out[f"{stage}.tokens"].T.tolist() == [*tokens, model.fields.starts_.tolist()]
+        assert out[f"{stage}.known"][:n].tolist() == model.fields.known(fields).tolist()
     elif stage == HEAD_CHOICE:
-        assert out[f"{stage}.heads"][:n].tolist() == twin.head_choice(batch).tolist()
+        expected = twin.head_choice(batch, model.fields.known(fields))
+        assert out[f"{stage}.heads"][:n].tolist() == expected.tolist()
     elif stage == BLOCK_SCORES:
         for part, expected in zip(("chars", "words", "fields"), model.block_scores(batch, fields)):
             np.testing.assert_allclose(out[f"{stage}.{part}"][:n], expected, rtol=1e-9, atol=1e-12)
