@@ -176,16 +176,17 @@ DEFAULT_CONFIG = TrainConfig()
 
 def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CONFIG) -> Model:
     """Train the four heads on the cleaned listing `rows` (one per search, as published)."""
-    text = [
-        prepare.training_examples(rows, config.query_weight),
-        prepare.training_examples(rows, config.query_weight, config.tags_only_weight),
-    ]
-    with_fields = [
-        prepare.training_examples(rows, config.query_weight, 0.0, config.fields_weight, config.field_dropout),
-        prepare.training_examples(
-            rows, config.query_weight, config.tags_only_weight, config.fields_weight, config.field_dropout
+    text = {
+        TITLE_HEAD: prepare.training_examples(rows, config.query_weight),
+        TAGS_HEAD: prepare.training_examples(rows, config.query_weight, config.tags_only_weight),
+    }
+    fields_options = (config.fields_weight, config.field_dropout)
+    with_fields = {
+        TITLE_HEAD: prepare.training_examples(rows, config.query_weight, 0.0, *fields_options),
+        TAGS_HEAD: prepare.training_examples(
+            rows, config.query_weight, config.tags_only_weight, *fields_options
         ),
-    ]
+    }
     # Every head's examples are texts of the tags head's: hash each once (hashing
     # is most of the training time) and pick the rows of each head's examples.
     counts = NgramCounts(spec).transform(text[TAGS_HEAD].docs)

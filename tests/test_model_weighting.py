@@ -8,7 +8,8 @@ import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.heads import TAGS_HEAD, TITLE_HEAD
+from categorizer.heads import FIELD_HEADS, TAGS_HEAD, TEXT_HEADS, TITLE_HEAD
+from categorizer.model import TrainConfig, fit
 from categorizer.prepare import clean, training_examples
 from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
 
@@ -139,3 +140,52 @@ def test_the_tags_head_also_learns_from_tags_alone() -> None:
 def test_head_choice_reads_only_whether_tags_are_empty() -> None:
     batch = [("a", ""), ("a", "b"), ("", " "), ("", "")]
     assert head_choice(batch).tolist() == [TITLE_HEAD, TAGS_HEAD, TAGS_HEAD, TITLE_HEAD]
+
+
+def small_listings() -> pd.DataFrame:
+    """Forty products of two sellers and two categories, with every field."""
+    rng = np.random.default_rng(3)
+    words = {"Bebê": ["body", "fralda", "naninha"], "Decoração": ["quadro", "vaso", "almofada"]}
+    rows = []
+    for i in range(40):
+        category = "Bebê" if i % 2 else "Decoração"
+        title = " ".join(rng.choice(words[category], 2)) + f" {i}"
+        rows.append(
+            {
+                "title": title,
+                "concatenated_tags": words[category][0] if i % 3 else "",
+                "query": words[category][1],
+                "category": category,
+                "seller_id": 100 + i % 4,
+                "price": float(rng.uniform(5, 500)),
+                "weight": float(rng.uniform(1, 5000)),
+                "minimum_quantity": int(rng.integers(1, 20)),
+                "express_delivery": int(i % 5 == 0),
+            }
+        )
+    return clean(pd.DataFrame(rows))
+
+
+def test_the_heads_without_fields_are_trained_as_if_the_fields_did_not_exist() -> None:
+    spec = FeatureSpec(n_features=2**10)
+    config = TrainConfig(max_iter=5)
+    listings = small_listings()
+    model = fit(listings, spec, config)
+    blind = fit(
+        listings.assign(
+            seller_id="", price=np.nan, weight=np.nan, minimum_quantity=np.nan, express_delivery=np.nan
+        ),
+        spec,
+        config,
+    )
+    width = spec.n_features
+    for head in TEXT_HEADS:
+        np.testing.assert_array_equal(
+            model.heads[head].sgd.coef_[:, :width], blind.heads[head].sgd.coef_[:, :width]
+        )
+        np.testing.assert_array_equal(model.heads[head].sgd.intercept_, blind.heads[head].sgd.intercept_)
+        assert not model.heads[head].sgd.coef_[:, width:].any()  # they never see a field
+    # The heads with fields learn from them: the sellers' tokens carry weight.
+    for head in FIELD_HEADS:
+        assert model.heads[head].sgd.coef_[:, width:].any()
+    assert model.fields.sellers_ == ("100", "101", "102", "103")
