@@ -29,6 +29,7 @@ from service.app import create_app
 from service.logs import JsonFormatter
 from service.settings import DEFAULT_MAX_PRODUCTS, Settings
 from service.state import STATE
+from tests.datasets import listing_fields, python_feeds
 
 Client = TestClient[web.Request, web.Application]
 AiohttpClient = Callable[[web.Application], Awaitable[Client]]
@@ -578,16 +579,17 @@ async def test_probabilities_are_the_models_own_output_per_label(
     rows = [test_products[(i * 7) % len(test_products)] for i in range(count)]
     titles = [r["title"] + " ." * (i % 5) for i, r in enumerate(rows)]
     tags = [r["concatenated_tags"] if i % 2 else "" for i, r in enumerate(rows)]
-    products = [{"title": t, "concatenated_tags": g} for t, g in zip(titles, tags)]
+    products: List[Dict[str, Any]] = [{"title": t, "concatenated_tags": g} for t, g in zip(titles, tags)]
+    for i in range(0, count, 3):  # every third with its listing fields, mixed in the sub-batches
+        products[i].update(listing_fields(rows[i]))
     response = await post_to(client, f"{URL}?include=probabilities", {"products": products})
     assert response.status == 200, await response.text()
     body = await response.json()
     assert list(body) == ["categories", "probabilities"]
     # onnxruntime on a session of its own, one row at a time: nothing is recomputed.
     direct = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    for title, tag, category, answer in zip(titles, tags, body["categories"], body["probabilities"]):
-        feeds = {"title": np.array([title], dtype=object), "concatenated_tags": np.array([tag], dtype=object)}
-        [label], [row] = direct.run(["label", "probabilities"], feeds)
+    for product, category, answer in zip(products, body["categories"], body["probabilities"]):
+        [label], [row] = direct.run(["label", "probabilities"], python_feeds(direct, [product]))
         assert list(answer) == list(model_labels)  # every label, in the model's order
         assert category == label == max(answer, key=answer.__getitem__)
         # float32 values sent exactly: read back as float32, they are the graph's own

@@ -8,7 +8,7 @@ retraining, unlike exact scores.
 from __future__ import annotations
 
 import json
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import onnxruntime as ort
@@ -17,7 +17,7 @@ import pytest
 
 from categorizer import prepare
 from categorizer.validation import strip_accents
-from tests.datasets import model_file, public_test_csv
+from tests.datasets import model_file, public_test_csv, python_feeds
 
 # The issue's bar for titles typed without accents.
 MIN_ACCENT_AGREEMENT = 0.995
@@ -42,16 +42,16 @@ class Categorizer:
         meta = self.session.get_modelmeta().custom_metadata_map
         self.labels: List[str] = json.loads(meta["labels"])
 
-    def run(self, titles: List[str], tags: List[str] = []) -> Tuple[List[str], np.ndarray]:  # noqa: B006
-        feeds = {
-            "title": np.array(titles, dtype=object),
-            "concatenated_tags": np.array(tags or [""] * len(titles), dtype=object),
-        }
-        labels, proba = self.session.run(None, feeds)
+    def run(self, titles: List[str], tags: List[str] = [], **fields: Any) -> Tuple[List[str], np.ndarray]:  # noqa: B006
+        """Labels and probabilities; `fields` are listing fields given to every product."""
+        products = [
+            {"title": t, "concatenated_tags": g, **fields} for t, g in zip(titles, tags or [""] * len(titles))
+        ]
+        labels, proba = self.session.run(None, python_feeds(self.session, products))
         return list(labels), proba
 
-    def proba_of(self, title: str, label: str, tags: str = "") -> float:
-        _, proba = self.run([title], [tags])
+    def proba_of(self, title: str, label: str, tags: str = "", **fields: Any) -> float:
+        _, proba = self.run([title], [tags], **fields)
         return float(proba[0, self.labels.index(label)])
 
 
@@ -110,3 +110,31 @@ def test_probabilities_are_a_distribution(model: Categorizer) -> None:
     _, proba = model.run([*OBVIOUS, "", "???"])
     np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=1e-6)
     assert (proba >= 0).all()
+
+
+def test_fields_the_model_cannot_use_change_nothing(model: Categorizer) -> None:
+    # A seller never seen in training is unknown, like a missing field: the product goes
+    # to the heads without fields, the model of before the fields.
+    titles = list(OBVIOUS)
+    _, plain = model.run(titles)
+    _, unseen = model.run(titles, seller_id="a seller no listing has")
+    np.testing.assert_array_equal(plain, unseen)
+
+
+def test_a_sellers_history_pulls_an_ambiguous_title_toward_its_category(
+    model: Categorizer, test_products: List[Dict[str, str]]
+) -> None:
+    # The public test file's busiest seller, and the category of most of its products.
+    by_seller: Dict[str, List[str]] = {}
+    for row in test_products:
+        by_seller.setdefault(row["seller_id"], []).append(row["category"])
+    seller, categories = max(by_seller.items(), key=lambda item: len(item[1]))
+    usual = max(set(categories), key=categories.count)
+    title = "Kit personalizado"
+    assert model.proba_of(title, usual, seller_id=seller) > model.proba_of(title, usual) + 0.1
+
+
+def test_clear_text_still_beats_a_sellers_history(model: Categorizer) -> None:
+    # A seller's new line: obvious titles keep their category whatever the seller sells.
+    for title, label in OBVIOUS.items():
+        assert model.run([title], seller_id="9835835")[0] == [label], title

@@ -12,13 +12,13 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.datasets import ROOT, model_file, public_test_csv
+from tests.datasets import ROOT, Product, listing_fields, model_file, public_test_csv, python_feeds
 from tests.test_onnx_parity import ADVERSARIAL_TAGS, ADVERSARIAL_TITLES
 
 NODE_DIR = ROOT / "tests" / "node"
@@ -30,7 +30,6 @@ NODE_TIMEOUT_SECONDS = 120
 # kernels, so anything beyond rounding noise is a real difference.
 MAX_PROBA_DELTA = 1e-6
 
-Product = Dict[str, Any]
 Prediction = Tuple[List[str], np.ndarray]
 
 
@@ -131,20 +130,6 @@ def run_python(session: ort.InferenceSession, products: List[Product], batch_siz
     return labels, np.concatenate(proba)
 
 
-def python_feeds(session: ort.InferenceSession, batch: List[Product]) -> Dict[str, np.ndarray]:
-    """What a Python caller feeds: "" for a missing string, NaN for a missing number,
-    an integer seller id as its decimal string."""
-    feeds = {}
-    for given in session.get_inputs():
-        values = [p.get(given.name) for p in batch]
-        if given.type == "tensor(float)":
-            numbers = [np.nan if v is None else float(v) for v in values]
-            feeds[given.name] = np.array(numbers, dtype=np.float32)
-        else:
-            feeds[given.name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
-    return feeds
-
-
 def assert_same(node: Prediction, python: Prediction, products: List[Product]) -> None:
     node_labels, node_proba = node
     py_labels, py_proba = python
@@ -209,18 +194,6 @@ def test_node_labels_the_public_test_file_like_python(
     titles_only = [{"title": p["title"], "concatenated_tags": ""} for p in with_tags]
     products = with_tags + titles_only
     assert_same(run_node(node, model, products), run_python(session, products), products)
-
-
-def listing_fields(row: Dict[str, str]) -> Product:
-    """A CSV row's listing fields as a JSON client sends them: the seller as an
-    integer, numbers as numbers, express delivery as a boolean; empty cells left out."""
-    fields: Product = {"seller_id": int(row["seller_id"])} if row["seller_id"] else {}
-    for name in ("price", "weight", "minimum_quantity"):
-        if row[name]:
-            fields[name] = float(row[name])
-    if row["express_delivery"]:
-        fields["express_delivery"] = row["express_delivery"] == "1"
-    return fields
 
 
 def test_node_labels_the_public_test_file_with_its_fields_like_python(

@@ -11,6 +11,7 @@ import pytest
 
 from runtime.categorizer import Categorizer, ModelError
 from service.scheduler import SUB_BATCH_ROWS, predict_in_sub_batches
+from tests.datasets import listing_fields, python_feeds
 
 
 @pytest.fixture(scope="module")
@@ -70,12 +71,22 @@ def test_probabilities_are_the_graphs_own_output(
     rows = test_products[:300]
     titles = [r["title"] for r in rows]
     tags = [r["concatenated_tags"] for r in rows]
-    labels, probabilities = model.predict_with_probabilities({"title": titles, "concatenated_tags": tags})
+    # Every other product with its listing fields: None where unknown, as the service sends.
+    products = [{"title": t, "concatenated_tags": g} for t, g in zip(titles, tags)]
+    for product, row in list(zip(products, rows))[::2]:
+        product.update(listing_fields(row))
+    columns = {name: [p.get(name) for p in products] for name in model.inputs if name not in ("title",)}
+    columns["seller_id"] = [str(v) if v is not None else "" for v in columns["seller_id"]]
+    labels, probabilities = model.predict_with_probabilities({"title": titles, **columns})
     # onnxruntime run directly, on a session of its own, with the plainest inputs.
     direct = ort.InferenceSession(model_path, providers=["CPUExecutionProvider"])
-    feeds = {"title": np.array(titles, dtype=object), "concatenated_tags": np.array(tags, dtype=object)}
-    want_labels, want_probabilities = direct.run(["label", "probabilities"], feeds)
-    assert labels == want_labels.tolist() == model.predict(titles, tags)
+    want_labels, want_probabilities = direct.run(["label", "probabilities"], python_feeds(direct, products))
+    assert labels == want_labels.tolist()
+    # Without fields, predict and predict_with_probabilities agree with the direct run too.
+    plain = direct.run(
+        ["label"], python_feeds(direct, [{"title": t, "concatenated_tags": g} for t, g in zip(titles, tags)])
+    )[0]
+    assert model.predict(titles, tags) == plain.tolist()
     assert probabilities.dtype == np.float32
     assert probabilities.shape == (len(rows), len(model.labels))
     np.testing.assert_allclose(probabilities, want_probabilities, rtol=0, atol=1e-6)
