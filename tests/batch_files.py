@@ -280,14 +280,16 @@ def invalid_counts(table: pa.Table) -> Dict[str, int]:
     }
 
 
-def echo_model(path: Path) -> str:
+def echo_model(path: Path, listing: bool = True) -> str:
     """A model that takes title, tags and the five listing fields and answers, as the
     label of each product, what it was given: "title|tags|seller|price|weight|minimum|
     express" (numbers as onnxruntime writes a float32, NaN for unknown). Its probabilities:
     one column, 1 where the price is unknown. A category then shows which values reached
-    which row; scored through runtime.categorizer, like the real model."""
-    strings = ["title", "concatenated_tags", "seller_id"]
-    numbers = ["price", "weight", "minimum_quantity", "express_delivery"]
+    which row; scored through runtime.categorizer, like the real model. With listing
+    False it takes title and tags only, like a model from before the fields, answers
+    "title|tags" and its probability column is all 0."""
+    strings = ["title", "concatenated_tags", "seller_id"] if listing else ["title", "concatenated_tags"]
+    numbers = ["price", "weight", "minimum_quantity", "express_delivery"] if listing else []
     inputs = [helper.make_tensor_value_info(n, TensorProto.STRING, ["N"]) for n in strings]
     inputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N"]) for n in numbers]
     nodes = [
@@ -300,18 +302,23 @@ def echo_model(path: Path) -> str:
     ]
     nodes += [helper.make_node("Cast", [n], [f"{n}_text"], to=TensorProto.STRING) for n in numbers]
     said = "title"
-    for k, part in enumerate(["concatenated_tags", "seller_id", *(f"{n}_text" for n in numbers)]):
+    for k, part in enumerate([*strings[1:], *(f"{n}_text" for n in numbers)]):
         nodes.append(helper.make_node("StringConcat", [said, "bar"], [f"said{k}_bar"]))
         nodes.append(helper.make_node("StringConcat", [f"said{k}_bar", part], [f"said{k}"]))
         said = f"said{k}"
     axis = helper.make_tensor("axis", TensorProto.INT64, [1], [1])
     nodes += [
         helper.make_node("Identity", [said], ["label"]),
-        helper.make_node("IsNaN", ["price"], ["no_price"]),
+        helper.make_node("IsNaN", ["price"] if listing else ["zero"], ["no_price"]),
         helper.make_node("Cast", ["no_price"], ["no_price_float"], to=TensorProto.FLOAT),
         helper.make_node("Constant", [], ["axis"], value=axis),
         helper.make_node("Unsqueeze", ["no_price_float", "axis"], ["probabilities"]),
     ]
+    if not listing:  # a float column of 0s, one per title, for the probabilities
+        nodes += [
+            helper.make_node("Shape", ["title"], ["rows"]),
+            helper.make_node("ConstantOfShape", ["rows"], ["zero"]),
+        ]
     outputs = [
         helper.make_tensor_value_info("label", TensorProto.STRING, ["N"]),
         helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 1]),
@@ -321,6 +328,7 @@ def echo_model(path: Path) -> str:
     )
     model.ir_version = 9  # onnxruntime 1.19 reads up to 10
     # The runtime checks at load that its warm-up product's answer is one of the labels.
-    helper.set_model_props(model, {"labels": json.dumps(["Warm-up título de produto|||NaN|NaN|NaN|NaN"])})
+    warm_up = "Warm-up título de produto|||NaN|NaN|NaN|NaN" if listing else "Warm-up título de produto|"
+    helper.set_model_props(model, {"labels": json.dumps([warm_up])})
     onnx.save(model, str(path))
     return str(path)
