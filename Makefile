@@ -13,7 +13,7 @@ PORT ?= 8080
 MODEL_PATH ?= artifacts/model.onnx
 export HOST PORT MODEL_PATH
 
-.PHONY: run test lint format train score bench bench-quick bench-overload bench-stages fuzz clean
+.PHONY: run test lint format train score bench bench-quick bench-overload bench-stages bench-fields fuzz clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -71,6 +71,12 @@ bench-overload: $(VENV)/.dev
 # The serving graph's cost per stage, in this process (about a minute).
 bench-stages: $(VENV)/.dev
 	$(BIN)/python -m bench.stages
+
+# Issue 13's cost of the listing fields: make bench-fields BEFORE=model-before-the-fields.onnx
+# (git show <commit>:artifacts/model.onnx > that file).
+bench-fields: $(VENV)/.dev
+	@test -n "$(BEFORE)" || { echo "usage: make bench-fields BEFORE=old-model.onnx" >&2; exit 2; }
+	$(BIN)/python -m bench.fields --before "$(BEFORE)" --after "$(MODEL_PATH)"
 
 FUZZ_EXAMPLES ?= 20000
 # Longer schemathesis run against a live server (CI runs 1,200 cases).

@@ -296,3 +296,47 @@ def test_stage_profile_accounts_for_every_stage(tmp_path: Path) -> None:
     table = stages.table(results, nodes)
     assert all(f"| {stage} | {nodes[stage]} |" in table for stage in STAGES)
     assert "µs/title at 3 titles" in table
+
+
+def test_fields_bench_compares_the_model_before_the_fields_side_by_side(tmp_path: Path) -> None:
+    import numpy as np
+
+    from bench import fields, stages
+    from categorizer import export
+    from categorizer.features import FeatureSpec
+    from tests.test_onnx_parity import random_model
+
+    model = random_model(FeatureSpec(n_features=2**8), seed=3)
+    path = export.save(export.to_onnx(model, {}, "0" * 64), tmp_path / "m.onnx")
+    rows = [
+        {
+            "title": "Kit chá de bebê",
+            "seller_id": "7",
+            "price": "12.5",
+            "weight": "",
+            "minimum_quantity": "1",
+            "express_delivery": "1",
+            "concatenated_tags": "x",
+        },
+        {
+            "title": "caneca",
+            "seller_id": "",
+            "price": "",
+            "weight": "30",
+            "minimum_quantity": "",
+            "express_delivery": "0",
+            "concatenated_tags": "",
+        },
+    ]
+    session = stages.session(str(path))
+    fed = fields.feeds(session, rows, with_fields=True)
+    assert fed["seller_id"].tolist() == ["7", ""]
+    np.testing.assert_array_equal(fed["price"], np.array([12.5, np.nan], dtype=np.float32))
+    assert fed["concatenated_tags"].tolist() == ["", ""]  # titles only, as the bench says
+    unknown = fields.feeds(session, rows, with_fields=False)
+    assert unknown["seller_id"].tolist() == ["", ""]
+    assert np.isnan(unknown["weight"]).all()
+    times = fields.measure(str(path), str(path), 2, 2, rows)
+    assert set(times) == {fields.BEFORE, fields.UNKNOWN, fields.FIELDS}
+    assert all(len(runs) == 2 and min(runs) > 0 for runs in times.values())
+    assert "| 2 |" in fields.table({2: times})
