@@ -77,12 +77,22 @@ def _seller_ids(column: pa.Array) -> Converted:
         # A float id is an integer column with gaps: NaN is a gap; infinity is no id.
         invalid = _filled(pc.is_inf(column), False)
         column = pc.if_else(pc.is_finite(column), column, pa.nulls(len(column), column.type))
+        column = _whole_as_integers(column)
     text = _known(_as_text(column, INPUT_SELLER))
     text = pc.replace_substring_regex(text, ZERO_FRACTION, r"\1")
     long = _filled(pc.greater(pc.utf8_length(text), MAX_SELLER_CHARS), False)
     invalid |= long
     text = pc.if_else(pa.array(long), "", pc.fill_null(text, ""))
     return Converted(text.to_numpy(zero_copy_only=False), invalid)
+
+
+def _whole_as_integers(column: pa.Array) -> pa.Array:
+    """A float column of whole ids as int64, so that 10000000001.0 reads "10000000001"
+    (Arrow writes large floats as "1.0000000001e+10"); kept as floats if any is not whole."""
+    whole = pc.and_(pc.equal(pc.floor(column), column), pc.less(pc.abs(column), 2.0**63))
+    if not pc.all(pc.fill_null(whole, True)).as_py():
+        return column
+    return pc.cast(column, pa.int64())
 
 
 def _amounts(name: str, column: pa.Array) -> Converted:

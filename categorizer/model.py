@@ -191,7 +191,10 @@ def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CON
     # is most of the training time) and pick the rows of each head's examples.
     counts = NgramCounts(spec).transform(text[TAGS_HEAD].docs)
     row_of = {doc: i for i, doc in reversed(list(enumerate(text[TAGS_HEAD].docs)))}
-    fields = FieldTokens(spec).fit(prepare.fields_of(rows))
+    # The sellers of the products the twins learn from: a seller only in rows that
+    # de-duplication drops would be a token with no weight, sending its products to a
+    # twin that knows nothing of it.
+    fields = FieldTokens(spec).fit(prepare.fields_of(prepare.deduplicate(rows)))
     fitted: Dict[int, SGDClassifier] = {}
     tfidfs: Dict[int, OccurrenceTfidf] = {}
     for head in TEXT_HEADS:

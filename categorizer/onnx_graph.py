@@ -22,7 +22,8 @@ dense ``[N, n_features]`` tensor, or a pairwise ``[T, T]`` comparison, would not
 * BUCKETS: MurmurHash3 of each fingerprint's four 7-bit groups, modulo its block's width.
 * FIELD_TOKENS: the seller through a LabelEncoder of the sellers seen in
   training, each number's bin as the count of its edges at or below it.
-* HEAD_CHOICE: the tags head where the tags string is not empty (model.Model).
+* HEAD_CHOICE: a tags head where the tags string is not empty, a twin with fields
+  where some field token is known (heads.head_of).
 * BLOCK_SCORES: gather (idf**2, idf * coef) per n-gram from its row's head's
   table, per-row sums (scatter-add), occurrence l2 norm per block; the field
   tokens' rows of the head's field table, summed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -26,13 +27,20 @@ def clean(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def seller_ids(column: pd.Series) -> pd.Series:
-    """Seller ids as the model takes them: decimal strings ("9835835", never
-    "9835835.0" from a column that pandas read as floats), "" when missing."""
-    if pd.api.types.is_numeric_dtype(column):
-        whole = column.dropna()
-        if (whole == np.floor(whole)).all():
-            return column.map(lambda v: "" if pd.isna(v) else str(int(v)))
-    return column.map(lambda v: "" if pd.isna(v) else str(v).strip())
+    """Seller ids as the model takes them, the same as every caller sends them: decimal
+    digits for a whole number ("9835835", never "9835835.0" from a column that pandas
+    read as floats), text without surrounding white space, "" when missing."""
+    return column.map(_seller_id)
+
+
+def _seller_id(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+        return str(int(value))
+    return str(value).strip()
 
 
 def fields_of(frame: pd.DataFrame) -> Fields:

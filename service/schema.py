@@ -230,7 +230,8 @@ def _listing_columns(products: List[Any]) -> Dict[str, List[Any]]:
             columns[name] = column
     sellers = columns.get(INPUT_SELLER)
     if sellers is not None:
-        columns[INPUT_SELLER] = ["" if seller is None else str(seller) for seller in sellers]
+        # As training reads the file's ids: surrounding white space is no part of an id.
+        columns[INPUT_SELLER] = ["" if seller is None else str(seller).strip() for seller in sellers]
     return columns
 
 

@@ -41,6 +41,8 @@ def converted(name: str, column: pa.Array) -> List[Any]:
         (pa.nulls(2), ["", ""]),
         (pa.array(["s" * 64, "s" * 65, "é" * 64]), ["s" * 64, None, "é" * 64]),  # characters, not bytes
         (pa.array([math.inf, -math.inf]), [None, None]),
+        # Whole floats as digits, as training reads them (Arrow writes 1.0000000001e+10).
+        (pa.array([10000000001.0, None, 1e15]), ["10000000001", "", "1000000000000000"]),
     ],
 )
 def test_seller_ids(column: pa.Array, want: List[Any]) -> None:

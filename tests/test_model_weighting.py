@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from categorizer.features import FeatureSpec
 from categorizer.heads import FIELD_HEADS, TAGS_HEAD, TEXT_HEADS, TITLE_HEAD
 from categorizer.model import TrainConfig, fit
-from categorizer.prepare import clean, training_examples
+from categorizer.prepare import clean, seller_ids, training_examples
 from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
 
 
@@ -189,3 +189,13 @@ def test_the_heads_without_fields_are_trained_as_if_the_fields_did_not_exist() -
     for head in FIELD_HEADS:
         assert model.heads[head].sgd.coef_[:, width:].any()
     assert model.fields.sellers_ == ("100", "101", "102", "103")
+
+
+def test_seller_ids_read_as_every_caller_sends_them() -> None:
+    # Whole floats (an integer column with gaps) as digits, text trimmed, missing as "".
+    floats = pd.Series([9835835.0, np.nan, 10000000001.0])
+    assert seller_ids(floats).tolist() == ["9835835", "", "10000000001"]
+    mixed = pd.Series([9835835.0, 12.5, float("inf")])  # one odd value spoils no other
+    assert seller_ids(mixed).tolist() == ["9835835", "12.5", "inf"]
+    assert seller_ids(pd.Series([" 7 ", None, "loja"], dtype=object)).tolist() == ["7", "", "loja"]
+    assert seller_ids(pd.Series([7, 8])).tolist() == ["7", "8"]

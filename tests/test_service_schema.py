@@ -100,6 +100,7 @@ def test_a_request_without_listing_fields_has_no_column_for_them(decoder: Reques
         ("seller_id", "-7", "-7"),
         ("seller_id", '"' + "s" * 64 + '"', "s" * 64),
         ("seller_id", '"vendedor \\u00e9"', "vendedor é"),
+        ("seller_id", '" 9835835 "', "9835835"),  # surrounding white space is no part of an id
         ("price", "0", 0.0),
         ("price", "12.5", 12.5),
         ("price", "1000000", 1_000_000.0),
@@ -134,6 +135,7 @@ def test_null_is_the_same_as_absent(decoder: RequestDecoder, field: str) -> None
 def test_an_empty_seller_is_unknown(decoder: RequestDecoder) -> None:
     # Sent as the model's own "unknown": a column of "" is what an absent seller gets too.
     assert fields_of(decoder, '{"title": "a", "seller_id": ""}') == {"seller_id": [""]}
+    assert fields_of(decoder, '{"title": "a", "seller_id": "  "}') == {"seller_id": [""]}
 
 
 def test_every_field_of_a_listing_together(decoder: RequestDecoder) -> None:

@@ -38,9 +38,10 @@ const NUMBERS = ["price", "weight", "minimum_quantity", "express_delivery"];
 function text(product, name) {
   const value = product[name];
   if (value === undefined || value === null) return "";
-  if (name === "seller_id" && Number.isInteger(value)) return String(value);
+  if (name === "seller_id" && Number.isSafeInteger(value)) return String(value);
   if (typeof value !== "string") throw new Error(`${name} must be a string, got ${typeof value}`);
-  return value;
+  // Surrounding white space is no part of a seller id (the model's training read them so).
+  return name === "seller_id" ? value.trim() : value;
 }
 
 function number(product, name) {
