@@ -23,11 +23,9 @@ import numpy as np
 import onnxruntime as ort
 
 from bench.payloads import ROOT, titles_source
-from bench.stages import session
+from bench.stages import session, unknown_fields
+from runtime.categorizer import INPUT_SELLER, LISTING_FIELDS
 
-# The listing fields' inputs: the seller, then the numbers.
-SELLER = "seller_id"
-NUMBERS = ("price", "weight", "minimum_quantity", "express_delivery")
 # Calls per batch size and round.
 CALLS = {1: 300, 100: 40, 1000: 8}
 BEFORE, UNKNOWN, FIELDS = "before the fields", "fields unknown", "every field fed"
@@ -45,17 +43,13 @@ def feeds(
     model: ort.InferenceSession, rows: Sequence[Dict[str, str]], with_fields: bool
 ) -> Dict[str, np.ndarray]:
     """The model's inputs for `rows` (no tags); fields from the rows or unknown."""
-    out = {"title": np.array([r["title"] for r in rows], dtype=np.str_)}
-    for given in model.get_inputs():
-        name = given.name
-        if name == "title":
-            continue
-        if given.type == "tensor(float)":
-            values = [float(r[name]) if with_fields and r[name] else np.nan for r in rows]
-            out[name] = np.array(values, dtype=np.float32)
-        else:
-            known = with_fields and name == SELLER
-            out[name] = np.array([r[name] if known else "" for r in rows], dtype=np.str_)
+    out = unknown_fields(model, [r["title"] for r in rows])
+    if with_fields:
+        for name in set(LISTING_FIELDS) & set(out):
+            if name == INPUT_SELLER:
+                out[name] = np.array([r[name] for r in rows], dtype=np.str_)
+            else:
+                out[name] = np.array([float(r[name]) if r[name] else np.nan for r in rows], dtype=np.float32)
     return out
 
 

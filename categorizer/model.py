@@ -201,8 +201,9 @@ def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CON
         plain, full = text[head], with_fields[head]
         # One idf for a head and its twin with fields: from the text examples only,
         # which the views with fields repeat.
-        tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(counts[_rows(row_of, plain)])
-        fitted[head] = _fit_sgd(config, tfidf, counts[_rows(row_of, plain)], fields, plain)
+        plain_counts = counts[_rows(row_of, plain)]
+        tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(plain_counts)
+        fitted[head] = _fit_sgd(config, tfidf, plain_counts, fields, plain)
         fitted[head + WITH_FIELDS] = _fit_sgd(config, tfidf, counts[_rows(row_of, full)], fields, full)
         # Score with exactly the weights the ONNX file stores (see weights.round_weights).
         tfidf.idf_ = round_weights(tfidf.idf_, fitted[head].coef_)[0]

@@ -114,7 +114,7 @@ class Categorizer:
 
     def input_types(self) -> Dict[str, str]:
         """Each graph input's ONNX type, by name: {"title": "tensor(string)", ...}."""
-        return {i.name: i.type for i in self._session.get_inputs()}
+        return dict(self._types)
 
 
 def _fixed_width(texts: Column) -> np.ndarray:

@@ -58,3 +58,11 @@ def test_products() -> List[Dict[str, str]]:
         rows = list(csv.DictReader(f))
     assert rows, f"{path} has no rows"
     return rows
+
+
+@pytest.fixture(scope="session")
+def echo(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The batch tests' echo model (tests/batch_files.echo_model), built once."""
+    from tests.batch_files import echo_model  # pyarrow, only for the tests that ask
+
+    return echo_model(tmp_path_factory.mktemp("echo") / "echo.onnx")

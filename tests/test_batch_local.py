@@ -38,11 +38,6 @@ def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
     return catalogue(test_products, ROWS)
 
 
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return echo_model(tmp_path_factory.mktemp("echo") / "echo.onnx")
-
-
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     code = cli.main([*argv])
     out, err = capsys.readouterr()

@@ -23,7 +23,6 @@ from tests.batch_files import (
     as_csv_text,
     assert_scored,
     catalogue,
-    echo_model,
     invalid_counts,
     read,
     typed,
@@ -50,11 +49,6 @@ def spark() -> Iterator[SparkSession]:
 @pytest.fixture(scope="module")
 def products_table(test_products: List[Dict[str, str]]) -> pa.Table:
     return catalogue(test_products, ROWS)
-
-
-@pytest.fixture(scope="module")
-def echo(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return echo_model(tmp_path_factory.mktemp("echo") / "echo.onnx")
 
 
 def test_parquet_parts_give_the_local_engines_rows(
