@@ -63,7 +63,7 @@ from categorizer.features import (
     Doc,
     FeatureSpec,
 )
-from categorizer.heads import EMPTY_TAGS, N_HEADS, TAGS_HEAD
+from categorizer.heads import EMPTY_TAGS, N_HEADS, TAGS_HEAD, TITLE_HEAD
 from categorizer.sklearn_twin import UNKNOWN, Fields, FieldTokens
 from categorizer.weights import FIELD_WEIGHTS, INTERCEPT, WEIGHTS, HeadWeights, field_table, weight_table
 
@@ -188,12 +188,15 @@ class _Families:
     not); and each place's row."""
 
     values: List[str]
-    valid: List[str]
+    valid: List[Optional[str]]  # None: every n-gram of the family is real (unigrams)
     rows: str
 
     def show(self, b: _Builder, part: str) -> None:
+        if b.stage not in b.expose:
+            return
         b.show_stacked(f"{part}values", self.values, "int64")
-        b.show_stacked(f"{part}valid", self.valid, "bool")
+        every = [b.op("Equal", [self.rows, self.rows]) if v is None else v for v in self.valid]
+        b.show_stacked(f"{part}valid", every, "bool")
         b.show(f"{part}rows", self.rows, "int64")
 
 
@@ -230,8 +233,9 @@ def _compress(b: _Builder, flat: _Flat, keep: str) -> _Flat:
     )
 
 
-def _same_row_ahead(b: _Builder, rows: str, k: int) -> str:
-    return b.op("Equal", [_shift(b, rows, k, -1), rows])
+def _same_row_ahead(b: _Builder, rows: str, k: int) -> Optional[str]:
+    """Whether the place k ahead is in the same row; None for k = 0 (always)."""
+    return b.op("Equal", [_shift(b, rows, k, -1), rows]) if k else None
 
 
 def _masked(b: _Builder, x: str) -> str:
@@ -276,7 +280,7 @@ def stream(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
         values_int64s=values,
         default_int64=OTHER,
     )
-    n_rows = b.op("Slice", [b.op("Shape", [text]), b.const([0]), b.const([1])])
+    n_rows = b.once("rows", lambda: b.op("Shape", [text]))
     edge = b.op("Expand", [b.const([[SPACE]]), b.op("Concat", [n_rows, b.const([1])], axis=0)])
     framed = b.op("Concat", [edge, codes, edge], axis=1)
     row_ids = b.op("Range", [b.const(0), b.op("Squeeze", [n_rows]), b.const(1)])
@@ -475,15 +479,13 @@ def field_tokens(b: _Builder, spec: FeatureSpec, sellers: Sequence[str], starts:
     product has a token that is not unknown."""
     seller = _seller_tokens(b, sellers)
     numbers = b.op(
-        "Reshape", [b.op("Concat", list(NUMBER_FIELDS), axis=0), b.const([len(NUMBER_FIELDS), -1])]
+        "Reshape", [b.op("Concat", list(NUMBER_FIELDS), axis=0), b.const([len(NUMBER_FIELDS), -1, 1])]
     )
     # A number's token is its field's start + 1 + the count of its edges at or below it:
     # each field's edges here start with -inf (the 1, which NaN, unknown, does not get)
     # and are padded with NaN (never at or below anything, +inf included).
     edges = _edge_table(spec)
-    at_or_above = b.op(
-        "GreaterOrEqual", [b.op("Unsqueeze", [numbers, b.const([2])]), b.const(edges, dtype=np.float32)]
-    )
+    at_or_above = b.op("GreaterOrEqual", [numbers, b.const(edges, dtype=np.float32)])
     bins = b.op("ReduceSum", [b.op("Cast", [at_or_above], to=TensorProto.INT64), b.const([2])], keepdims=0)
     # Counted from each field's own start, UNKNOWN (0) is unknown; the padding row is too.
     own = b.op("Pad", [b.op("Concat", [seller, bins], axis=0), b.const([0, 0, 0, 1]), b.const(UNKNOWN)])
@@ -536,8 +538,8 @@ def _edge_table(spec: FeatureSpec) -> np.ndarray:
 def head_choice(b: _Builder, tags: str, fields_known: str) -> str:
     """TAGS_HEAD where the tags string is not empty, else TITLE_HEAD, plus WITH_FIELDS
     where a field is known (heads.head_of)."""
-    sent = b.op("Not", [b.op("Equal", [tags, b.const(EMPTY_TAGS)])])
-    text = b.op("Mul", [b.op("Cast", [sent], to=TensorProto.INT64), b.const(TAGS_HEAD)])
+    empty = b.op("Equal", [tags, b.const(EMPTY_TAGS)])
+    text = b.op("Where", [empty, b.const(TITLE_HEAD), b.const(TAGS_HEAD)])
     head = b.op("Add", [text, fields_known])  # WITH_FIELDS is 1: known is the offset itself
     b.show("heads", head, "int64")
     return head
@@ -548,17 +550,27 @@ def head_choice(b: _Builder, tags: str, fields_known: str) -> str:
 
 def block_scores(
     b: _Builder, spec: FeatureSpec, blocks: Sequence[_Families], heads: str, n_rows: str, n_classes: int
-) -> List[str]:
-    """Per block, [N, n_classes]: tf-idf with an occurrence l2 norm (see
+) -> str:
+    """[N, n_classes]: per block, tf-idf with an occurrence l2 norm (see
     sklearn_twin.OccurrenceTfidf) dotted with the coefficients, i.e. (sum of
     idf * coef over a row's n-grams) / sqrt(sum of idf**2), each row from its
-    head's table."""
+    head's table; summed over the blocks.
+
+    The blocks' scores are class-major ([n_classes, N]) until their sum: the
+    per-row sums come out as one [N] tensor per class, and stacking them whole
+    costs one node where a column each would cost one per class.
+    """
     tables = b.op("Mul", [heads, b.const(spec.n_features + 1)])
     scores = []
     for index, (block, part) in enumerate(zip(blocks, ("chars", "words"))):
         scores.append(_block_scores(b, spec, block, index, tables, n_rows, n_classes))
-        b.show(part, scores[-1], "double", rank=2)
-    return scores
+        if b.stage in b.expose:
+            b.show(part, _transposed(b, scores[-1]), "double", rank=2)
+    return _transposed(b, b.op("Sum", scores))
+
+
+def _transposed(b: _Builder, x: str) -> str:
+    return b.op("Transpose", [x], perm=[1, 0])
 
 
 def field_scores(b: _Builder, tokens: str, heads: str, n_tokens: int) -> str:
@@ -573,24 +585,34 @@ def field_scores(b: _Builder, tokens: str, heads: str, n_tokens: int) -> str:
 def _block_scores(
     b: _Builder, spec: FeatureSpec, block: _Families, index: int, tables: str, n_rows: str, n_classes: int
 ) -> str:
-    # Each place's first WEIGHTS row in its block, and its head's zero row.
+    # Each place's first WEIGHTS row in its block, and its head's zero row (made
+    # only when a family's n-grams can run past a row's end).
     table = b.op("Gather", [tables, block.rows], axis=0)
     first = b.op("Add", [table, b.const(index * spec.block_width)])
-    zero = b.op("Add", [table, b.const(spec.n_features)])
+
+    def zero() -> str:
+        return b.once(f"zero rows {table}", lambda: b.op("Add", [table, b.const(spec.n_features)]))
+
     # One gather per family and an n-ary Sum: cheaper than one gather and a ReduceSum.
     weighted = [
-        _weighted(b, b.op("Where", [valid, b.op("Add", [bucket, first]), zero]))
+        _weighted(b, _weight_rows(b, bucket, valid, first, zero))
         for bucket, valid in zip(block.values, block.valid)
     ]
     if not weighted:  # a spec whose word block is empty cannot exist; kept total for the type
         raise ValueError("a block has no n-gram family")
     per_place = b.op("Sum", weighted)
     sums = _row_sums(b, per_place, block.rows, n_rows, 1 + n_classes)
-    squares, dots = sums[0], b.op("Concat", [b.op("Unsqueeze", [s, b.const([1])]) for s in sums[1:]], axis=1)
+    squares, dots = b.ops("Split", [sums, b.const([1, n_classes])], 2, axis=0)
     norm = b.op("Sqrt", [squares])
     # scikit-learn leaves an all-zero block at zero; dividing it by 1 does the same.
     safe = b.op("Where", [b.op("Equal", [norm, b.const(0.0)]), b.const(1.0), norm])
-    return b.op("Div", [dots, b.op("Unsqueeze", [safe, b.const([1])])])
+    return b.op("Div", [dots, safe])
+
+
+def _weight_rows(b: _Builder, bucket: str, valid: Optional[str], first: str, zero: Callable[[], str]) -> str:
+    """Each n-gram's WEIGHTS row; an n-gram that runs past its row's end gets the zero row."""
+    rows = b.op("Add", [bucket, first])
+    return rows if valid is None else b.op("Where", [valid, rows, zero()])
 
 
 def _weighted(b: _Builder, rows: str) -> str:
@@ -598,24 +620,27 @@ def _weighted(b: _Builder, rows: str) -> str:
     return b.op("Cast", [b.op("Gather", [WEIGHTS, rows], axis=0)], to=TensorProto.DOUBLE)
 
 
-def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> List[str]:
-    """Per-row sums of each column of `values` ([P, n_columns]), as [N] tensors.
+def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) -> str:
+    """[n_columns, N]: per-row sums of each column of `values` ([P, n_columns]).
 
-    One 1-D ScatterElements per column: onnxruntime runs ScatterElements
-    sequentially, where ScatterND's parallel additions to one row race
-    (seen as batch-dependent scores), and a 2-D scatter needs its row ids
-    expanded to [P, n_columns] first, which costs more than the scatter.
+    One ScatterElements along the last axis of the transposed values: onnxruntime
+    runs ScatterElements sequentially, where ScatterND's parallel additions to
+    one row race (seen as batch-dependent scores). Along the last axis it costs
+    little more than one 1-D scatter per column, and it is one node where those
+    take a Split and a node per column (at one title a call, the executor's time
+    per node is most of the cost).
     """
-    zeros = b.op(
-        "ConstantOfShape", [n_rows], value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0])
+    zeros = b.once(
+        f"zeros {n_columns}",
+        lambda: b.op(
+            "ConstantOfShape",
+            [b.op("Concat", [b.const([n_columns]), n_rows], axis=0)],
+            value=helper.make_tensor("zero", TensorProto.DOUBLE, [1], [0.0]),
+        ),
     )
-    columns = b.ops("Split", [values], n_columns, axis=1, num_outputs=n_columns)
-    return [
-        b.op(
-            "ScatterElements", [zeros, rows, b.op("Squeeze", [column, b.const([1])])], axis=0, reduction="add"
-        )
-        for column in columns
-    ]
+    by_column = _transposed(b, values)
+    where = b.op("Expand", [rows, b.op("Shape", [by_column])])
+    return b.op("ScatterElements", [zeros, where, by_column], axis=1, reduction="add")
 
 
 # --- PROBABILITIES -----------------------------------------------------------------------
@@ -623,7 +648,7 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
 
 def probabilities(b: _Builder, blocks: Sequence[str], heads: str, labels: Sequence[str], n_real: str) -> None:
     """The outputs `label` and `probabilities` from the blocks' scores of the first n_real rows."""
-    padded = b.op("Add", [b.op("Sum", list(blocks)), b.op("Gather", [INTERCEPT, heads], axis=0)])
+    padded = b.op("Sum", [*blocks, b.op("Gather", [INTERCEPT, heads], axis=0)])
     scores = b.op("Slice", [padded, b.const([0]), n_real, b.const([0])])
     b.show("scores", scores, "double", rank=2)
     # Multiclass SGD log-loss: one-vs-rest sigmoids normalised by their sum.
@@ -704,8 +729,8 @@ def build_model(
     with b.building(HEAD_CHOICE):
         head = head_choice(b, tags, found.known)
     with b.building(BLOCK_SCORES):
-        n_rows = b.op("Shape", [title])
-        scores = block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))
+        n_rows = b.once("rows", lambda: b.op("Shape", [title]))
+        scores = [block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))]
         scores.append(field_scores(b, found.tokens, head, fields.width_))
     with b.building(PROBABILITIES):
         probabilities(b, scores, head, labels, b.op("Shape", ["title"]))
