@@ -1,13 +1,16 @@
 """The graph's cost with the listing fields fed, against a model from before them (issue 13).
 
-`python -m bench.fields --before OLD.onnx [--after artifacts/model.onnx] [--rounds 7]`
+`python -m bench.fields --before OLD.onnx [--after artifacts/model.onnx] [--calls-scale 1]`
 runs both files in this process, one single-threaded session each, on the public
-test file's products (titles, no tags), in batches of 1, 100 and 1,000. Each round
-times, one after another, the model before the fields fed its two inputs, and the
-model after them fed its fields unknown and then every field the test file has. The
-table gives median µs per product and the throughput of each variant relative to the
-model before the fields, round by round (side by side, as the noise of a shared
-machine requires). `git show <commit>:artifacts/model.onnx > OLD.onnx` gives an old file.
+test file's products (titles, no tags), in batches of 1, 100 and 1,000. Three variants:
+the model before the fields fed its two inputs, and the model after them fed its
+fields unknown and then every field the test file has. Their calls are interleaved one
+by one in a shuffled order, so that the drift of a shared machine's speed (2-3× within
+minutes here) falls on all three alike; timing each variant for a block of calls in
+turn gave ratios that moved by 10% between runs. The table gives the median µs per
+product of each variant and the throughput relative to the model before the fields
+(the ratio of the medians). `git show <commit>:artifacts/model.onnx > OLD.onnx` gives
+an old file.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import random
 import statistics
 import time
 from typing import Dict, List, Sequence
@@ -26,8 +30,8 @@ from bench.payloads import ROOT, titles_source
 from bench.stages import session, unknown_fields
 from runtime.categorizer import INPUT_SELLER, LISTING_FIELDS
 
-# Calls per batch size and round.
-CALLS = {1: 300, 100: 40, 1000: 8}
+# Calls per variant and batch size: about 15 s of calls at each size on the development machine.
+CALLS = {1: 4000, 100: 1000, 1000: 150}
 BEFORE, UNKNOWN, FIELDS = "before the fields", "fields unknown", "every field fed"
 
 
@@ -53,20 +57,14 @@ def feeds(
     return out
 
 
-def timed(model: ort.InferenceSession, inputs: Dict[str, np.ndarray], calls: int) -> float:
-    """Median µs per call over `calls` calls, after one warm-up call."""
-    model.run(None, inputs)
-    walls = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        model.run(None, inputs)
-        walls.append((time.perf_counter() - start) * 1e6)
-    return statistics.median(walls)
+def calls_for(batch: int, scale: float) -> int:
+    return max(3, round(CALLS.get(batch, 100_000 // max(batch, 1)) * scale))
 
 
 def measure(
-    before: str, after: str, batch: int, rounds: int, rows: Sequence[Dict[str, str]]
+    before: str, after: str, batch: int, calls: int, rows: Sequence[Dict[str, str]]
 ) -> Dict[str, List[float]]:
+    """Per variant, µs per product of each of `calls` calls, the variants' calls interleaved."""
     chosen = [rows[i % len(rows)] for i in range(batch)]
     old, new = session(before), session(after)
     variants = {
@@ -74,10 +72,18 @@ def measure(
         UNKNOWN: (new, feeds(new, chosen, False)),
         FIELDS: (new, feeds(new, chosen, True)),
     }
+    for model, inputs in variants.values():  # warm-up
+        model.run(None, inputs)
     out: Dict[str, List[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, (model, inputs) in variants.items():
-            out[name].append(timed(model, inputs, CALLS.get(batch, 20)) / batch)
+    order = list(variants)
+    shuffle = random.Random(0).shuffle
+    for _ in range(calls):
+        shuffle(order)
+        for name in order:
+            model, inputs = variants[name]
+            start = time.perf_counter()
+            model.run(None, inputs)
+            out[name].append((time.perf_counter() - start) * 1e6 / batch)
     return out
 
 
@@ -90,9 +96,7 @@ def table(results: Dict[int, Dict[str, List[float]]]) -> str:
     ]
     for batch, times in sorted(results.items()):
         medians = [statistics.median(times[v]) for v in (BEFORE, UNKNOWN, FIELDS)]
-        ratios = [
-            statistics.median(b / a for b, a in zip(times[BEFORE], times[v])) for v in (UNKNOWN, FIELDS)
-        ]
+        ratios = [medians[0] / m for m in medians[1:]]
         lines.append(
             f"| {batch:,} | "
             + " | ".join(f"{m:,.1f}" for m in medians)
@@ -110,13 +114,16 @@ def main(argv: Sequence[str] = ()) -> None:
         "--after", default=os.environ.get("MODEL_PATH") or str(ROOT / "artifacts" / "model.onnx")
     )
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--calls-scale", type=float, default=1.0, help="multiplies the calls per batch size (CALLS)"
+    )
     args = parser.parse_args(list(argv) or None)
     rows = products()
-    results = {batch: measure(args.before, args.after, batch, args.rounds, rows) for batch in args.batches}
+    calls = {batch: calls_for(batch, args.calls_scale) for batch in args.batches}
+    results = {batch: measure(args.before, args.after, batch, calls[batch], rows) for batch in args.batches}
     print(
         f"onnxruntime {ort.__version__}; before {args.before}, after {args.after}; "
-        f"{args.rounds} rounds, medians"
+        f"interleaved calls per variant {calls}, medians"
     )
     print(table(results))
 

@@ -339,4 +339,6 @@ def test_fields_bench_compares_the_model_before_the_fields_side_by_side(tmp_path
     times = fields.measure(str(path), str(path), 2, 2, rows)
     assert set(times) == {fields.BEFORE, fields.UNKNOWN, fields.FIELDS}
     assert all(len(runs) == 2 and min(runs) > 0 for runs in times.values())
+    assert fields.calls_for(1, 0.5) == fields.CALLS[1] // 2
+    assert fields.calls_for(10**6, 1.0) == 3
     assert "| 2 |" in fields.table({2: times})
