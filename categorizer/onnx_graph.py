@@ -81,6 +81,9 @@ _PAD = -2
 # Longest shift any step takes: n - 1 for an n-gram.
 _MAX_SHIFT = MAX_NGRAM_ORDER - 1
 
+# The key of the shared [1] tensor holding N + 1, the batch's rows with the padding row.
+PADDED_ROWS = "padded rows"
+
 _ELEM = {"int64": TensorProto.INT64, "bool": TensorProto.BOOL, "double": TensorProto.DOUBLE}
 
 
@@ -280,7 +283,7 @@ def stream(b: _Builder, spec: FeatureSpec, title: str, tags: str) -> _Flat:
         values_int64s=values,
         default_int64=OTHER,
     )
-    n_rows = b.once("rows", lambda: b.op("Shape", [text]))
+    n_rows = b.once(PADDED_ROWS, lambda: b.op("Shape", [text]))
     edge = b.op("Expand", [b.const([[SPACE]]), b.op("Concat", [n_rows, b.const([1])], axis=0)])
     framed = b.op("Concat", [edge, codes, edge], axis=1)
     row_ids = b.op("Range", [b.const(0), b.op("Squeeze", [n_rows]), b.const(1)])
@@ -556,9 +559,9 @@ def block_scores(
     idf * coef over a row's n-grams) / sqrt(sum of idf**2), each row from its
     head's table; summed over the blocks.
 
-    The blocks' scores are class-major ([n_classes, N]) until their sum: the
-    per-row sums come out as one [N] tensor per class, and stacking them whole
-    costs one node where a column each would cost one per class.
+    The blocks' scores are class-major ([n_classes, N]) until their sum, as the
+    per-row sums come out of their scatter ([1 + n_classes, N], _row_sums): one
+    transpose after the sum, instead of one per block.
     """
     tables = b.op("Mul", [heads, b.const(spec.n_features + 1)])
     scores = []
@@ -625,13 +628,13 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
 
     One ScatterElements along the last axis of the transposed values: onnxruntime
     runs ScatterElements sequentially, where ScatterND's parallel additions to
-    one row race (seen as batch-dependent scores). Along the last axis it costs
-    little more than one 1-D scatter per column, and it is one node where those
-    take a Split and a node per column (at one title a call, the executor's time
-    per node is most of the cost).
+    one row race (seen as batch-dependent scores). Along the last axis it costs a
+    little more per element than a 1-D scatter per column, and it takes three
+    nodes where those take a Split and two per column: at one title a call the
+    executor's time per node is most of the cost (docs/decisions.md).
     """
     zeros = b.once(
-        f"zeros {n_columns}",
+        f"zeros {n_columns} {n_rows}",
         lambda: b.op(
             "ConstantOfShape",
             [b.op("Concat", [b.const([n_columns]), n_rows], axis=0)],
@@ -639,7 +642,7 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
         ),
     )
     by_column = _transposed(b, values)
-    where = b.op("Expand", [rows, b.op("Shape", [by_column])])
+    where = b.op("Expand", [rows, b.const([n_columns, 1])])
     return b.op("ScatterElements", [zeros, where, by_column], axis=1, reduction="add")
 
 
@@ -729,7 +732,7 @@ def build_model(
     with b.building(HEAD_CHOICE):
         head = head_choice(b, tags, found.known)
     with b.building(BLOCK_SCORES):
-        n_rows = b.once("rows", lambda: b.op("Shape", [title]))
+        n_rows = b.shared[PADDED_ROWS]  # the stream's [N + 1]
         scores = [block_scores(b, spec, [char_block, word_block], head, n_rows, len(labels))]
         scores.append(field_scores(b, found.tokens, head, fields.width_))
     with b.building(PROBABILITIES):
