@@ -2,15 +2,18 @@
 
 `python -m bench.fields --before OLD.onnx [--after artifacts/model.onnx] [--calls-scale 1]`
 runs both files in this process, one single-threaded session each, on the public
-test file's products (titles, no tags), in batches of 1, 100 and 1,000. Three variants:
-the model before the fields fed its two inputs, and the model after them fed its
-fields unknown and then every field the test file has. Their calls are interleaved one
-by one in a shuffled order, so that the drift of a shared machine's speed (2-3× within
-minutes here) falls on all three alike; timing each variant for a block of calls in
-turn gave ratios that moved by 10% between runs. The table gives the median µs per
-product of each variant and the throughput relative to the model before the fields
-(the ratio of the medians). `git show <commit>:artifacts/model.onnx > OLD.onnx` gives
-an old file.
+test file's products (titles, no tags), in batches of 1, 100 and 1,000. Four variants,
+each with a session of its own: the model before the fields fed its two inputs, the
+same again (a control: its ratio to the first is the method's noise floor), and the
+model after them fed its fields unknown, then every field the test file has.
+
+The variants take turns in a shuffled order, a short burst of calls each, the first
+call of a burst untimed (it runs on caches the other sessions' weights have filled),
+so that the drift of a shared machine's speed (2-3× within minutes here) falls on all
+of them alike; timing each variant for a long block of calls in turn gave ratios that
+moved by 10% between runs. The table gives the median µs per product of each variant
+and the throughput relative to the model before the fields (the ratio of the medians).
+`git show <commit>:artifacts/model.onnx > OLD.onnx` gives an old file.
 """
 
 from __future__ import annotations
@@ -30,9 +33,14 @@ from bench.payloads import ROOT, titles_source
 from bench.stages import session, unknown_fields
 from runtime.categorizer import INPUT_SELLER, LISTING_FIELDS
 
-# Calls per variant and batch size: about 15 s of calls at each size on the development machine.
+# Timed calls per variant and batch size: about 3, 6 and 10 s for the four variants
+# together on the development machine.
 CALLS = {1: 4000, 100: 1000, 1000: 150}
-BEFORE, UNKNOWN, FIELDS = "before the fields", "fields unknown", "every field fed"
+# Calls in a variant's turn; the first is not timed.
+BURST = 6
+BEFORE, CONTROL = "before the fields", "before, second session"
+UNKNOWN, FIELDS = "fields unknown", "every field fed"
+VARIANTS = (BEFORE, CONTROL, UNKNOWN, FIELDS)
 
 
 def products() -> List[Dict[str, str]]:
@@ -64,26 +72,30 @@ def calls_for(batch: int, scale: float) -> int:
 def measure(
     before: str, after: str, batch: int, calls: int, rows: Sequence[Dict[str, str]]
 ) -> Dict[str, List[float]]:
-    """Per variant, µs per product of each of `calls` calls, the variants' calls interleaved."""
+    """Per variant, µs per product of each of `calls` timed calls, the variants taking turns."""
     chosen = [rows[i % len(rows)] for i in range(batch)]
-    old, new = session(before), session(after)
-    variants = {
-        BEFORE: (old, feeds(old, chosen, False)),
-        UNKNOWN: (new, feeds(new, chosen, False)),
-        FIELDS: (new, feeds(new, chosen, True)),
+    files = {
+        BEFORE: (before, False),
+        CONTROL: (before, False),
+        UNKNOWN: (after, False),
+        FIELDS: (after, True),
     }
-    for model, inputs in variants.values():  # warm-up
-        model.run(None, inputs)
+    variants = {}
+    for name, (path, with_fields) in files.items():
+        model = session(path)
+        variants[name] = (model, feeds(model, chosen, with_fields))
     out: Dict[str, List[float]] = {name: [] for name in variants}
     order = list(variants)
     shuffle = random.Random(0).shuffle
-    for _ in range(calls):
+    while len(out[BEFORE]) < calls:
         shuffle(order)
         for name in order:
             model, inputs = variants[name]
-            start = time.perf_counter()
             model.run(None, inputs)
-            out[name].append((time.perf_counter() - start) * 1e6 / batch)
+            for _ in range(min(BURST - 1, calls - len(out[name]))):
+                start = time.perf_counter()
+                model.run(None, inputs)
+                out[name].append((time.perf_counter() - start) * 1e6 / batch)
     return out
 
 
@@ -91,12 +103,12 @@ def table(results: Dict[int, Dict[str, List[float]]]) -> str:
     lines = [
         "| products per call | "
         + " | ".join(f"{v}: µs/product" for v in (BEFORE, UNKNOWN, FIELDS))
-        + f" | throughput vs before: {UNKNOWN} | {FIELDS} |",
-        "|---:|---:|---:|---:|---:|---:|",
+        + f" | throughput vs before: {CONTROL} (noise) | {UNKNOWN} | {FIELDS} |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for batch, times in sorted(results.items()):
         medians = [statistics.median(times[v]) for v in (BEFORE, UNKNOWN, FIELDS)]
-        ratios = [medians[0] / m for m in medians[1:]]
+        ratios = [medians[0] / statistics.median(times[v]) for v in (CONTROL, UNKNOWN, FIELDS)]
         lines.append(
             f"| {batch:,} | "
             + " | ".join(f"{m:,.1f}" for m in medians)
@@ -107,13 +119,20 @@ def table(results: Dict[int, Dict[str, List[float]]]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a batch holds at least one product, not {value}")
+    return value
+
+
 def main(argv: Sequence[str] = ()) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="a model file from before the listing fields")
     parser.add_argument(
         "--after", default=os.environ.get("MODEL_PATH") or str(ROOT / "artifacts" / "model.onnx")
     )
-    parser.add_argument("--batches", type=int, nargs="+", default=[1, 100, 1000])
+    parser.add_argument("--batches", type=_positive, nargs="+", default=[1, 100, 1000])
     parser.add_argument(
         "--calls-scale", type=float, default=1.0, help="multiplies the calls per batch size (CALLS)"
     )
@@ -123,7 +142,7 @@ def main(argv: Sequence[str] = ()) -> None:
     results = {batch: measure(args.before, args.after, batch, calls[batch], rows) for batch in args.batches}
     print(
         f"onnxruntime {ort.__version__}; before {args.before}, after {args.after}; "
-        f"interleaved calls per variant {calls}, medians"
+        f"timed calls per variant {calls}, in turns of {BURST - 1}, medians"
     )
     print(table(results))
 

@@ -29,6 +29,8 @@ from bench.payloads import ROOT, load_titles
 BETWEEN_NODES = "between nodes"
 # Calls per batch size: enough for stable medians, few enough for a quick run.
 CALLS = {1: 400, 100: 60, 1000: 12}
+# Calls in each session's turn.
+BURST = 4
 
 
 def session(model_path: str, profile_dir: str = "") -> ort.InferenceSession:
@@ -65,9 +67,11 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     The whole call is timed on a session without the profiler, which adds far more
     time around each node than inside it; the stages are the profiled session's
     kernel times, and "between nodes" is what the kernels leave of the whole. The
-    two sessions' calls alternate, so that both see the same machine: run one after
-    the other, a shared machine's drift (2-3x within minutes here) made the kernels
-    add up to half as much again as the whole call they are part of.
+    two sessions take turns, a short burst of calls each (the plain session's first
+    call of a burst, on caches the other session filled, untimed), so that both see
+    the same machine: run one after the other, a shared machine's drift (2-3x within
+    minutes here) made the kernels add up to half as much again as the whole call
+    they are part of.
     """
     rows = [titles[i % len(titles)] for i in range(batch)]
     calls = CALLS.get(batch, 20)
@@ -75,12 +79,14 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     skip = max(1, calls // 10)
     plain = session(model_path)
     feeds = unknown_fields(plain, rows)
-    walls = []
+    walls: List[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         profiled = session(model_path, tmp)
-        for _ in range(calls):
-            walls.append(_timed(plain, feeds))
-            profiled.run(None, feeds)
+        for _ in range(0, calls, BURST):
+            plain.run(None, feeds)
+            walls.extend(_timed(plain, feeds) for _ in range(BURST))
+            for _ in range(BURST):
+                profiled.run(None, feeds)
         per_stage = kernel_times(profiled.end_profiling())
     walls = walls[skip:]
     out = {stage: statistics.median(times[skip:]) / batch for stage, times in per_stage.items()}
