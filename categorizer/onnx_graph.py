@@ -642,7 +642,11 @@ def _row_sums(b: _Builder, values: str, rows: str, n_rows: str, n_columns: int) 
         ),
     )
     by_column = _transposed(b, values)
-    where = b.op("Expand", [rows, b.const([n_columns, 1])])
+    # The row ids' shape comes from the transposed values, not a constant: that keeps
+    # onnxruntime from expanding them ahead of the gathers, where the [n_columns, P]
+    # copy would stay alive through the block's peak (a 256-title call of long titles
+    # then grew a worker's memory by 71 MB instead of 49).
+    where = b.op("Expand", [rows, b.op("Shape", [by_column])])
     return b.op("ScatterElements", [zeros, where, by_column], axis=1, reduction="add")
 
 
