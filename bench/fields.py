@@ -23,20 +23,19 @@ import csv
 import os
 import random
 import statistics
-import time
 from typing import Dict, List, Sequence
 
 import numpy as np
 import onnxruntime as ort
 
 from bench.payloads import ROOT, titles_source
-from bench.stages import session, unknown_fields
+from bench.stages import Run, in_turns, session, unknown_fields
 from runtime.categorizer import INPUT_SELLER, LISTING_FIELDS
 
 # Timed calls per variant and batch size: about 3, 6 and 10 s for the four variants
 # together on the development machine.
 CALLS = {1: 4000, 100: 1000, 1000: 150}
-# Calls in a variant's turn; the first is not timed.
+# Calls in a variant's turn (bench.stages.in_turns); the first is not timed.
 BURST = 6
 BEFORE, CONTROL = "before the fields", "before, second session"
 UNKNOWN, FIELDS = "fields unknown", "every field fed"
@@ -80,23 +79,12 @@ def measure(
         UNKNOWN: (after, False),
         FIELDS: (after, True),
     }
-    variants = {}
+    variants: Dict[str, Run] = {}
     for name, (path, with_fields) in files.items():
         model = session(path)
         variants[name] = (model, feeds(model, chosen, with_fields))
-    out: Dict[str, List[float]] = {name: [] for name in variants}
-    order = list(variants)
-    shuffle = random.Random(0).shuffle
-    while len(out[BEFORE]) < calls:
-        shuffle(order)
-        for name in order:
-            model, inputs = variants[name]
-            model.run(None, inputs)
-            for _ in range(min(BURST - 1, calls - len(out[name]))):
-                start = time.perf_counter()
-                model.run(None, inputs)
-                out[name].append((time.perf_counter() - start) * 1e6 / batch)
-    return out
+    walls = in_turns(variants, calls, BURST, random.Random(0).shuffle)
+    return {name: [wall / batch for wall in times] for name, times in walls.items()}
 
 
 def table(results: Dict[int, Dict[str, List[float]]]) -> str:

@@ -18,7 +18,7 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import onnx
@@ -29,8 +29,8 @@ from bench.payloads import ROOT, load_titles
 BETWEEN_NODES = "between nodes"
 # Calls per batch size: enough for stable medians, few enough for a quick run.
 CALLS = {1: 400, 100: 60, 1000: 12}
-# Calls in each session's turn.
-BURST = 4
+# Calls in each session's turn (see in_turns).
+BURST = 5
 
 
 def session(model_path: str, profile_dir: str = "") -> ort.InferenceSession:
@@ -67,11 +67,9 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     The whole call is timed on a session without the profiler, which adds far more
     time around each node than inside it; the stages are the profiled session's
     kernel times, and "between nodes" is what the kernels leave of the whole. The
-    two sessions take turns, a short burst of calls each (the plain session's first
-    call of a burst, on caches the other session filled, untimed), so that both see
-    the same machine: run one after the other, a shared machine's drift (2-3x within
-    minutes here) made the kernels add up to half as much again as the whole call
-    they are part of.
+    two sessions take turns (in_turns), so that both see the same machine: run one
+    after the other, a shared machine's drift (2-3x within minutes here) made the
+    kernels add up to half as much again as the whole call they are part of.
     """
     rows = [titles[i % len(titles)] for i in range(batch)]
     calls = CALLS.get(batch, 20)
@@ -79,14 +77,9 @@ def profile(model_path: str, batch: int, titles: Sequence[str]) -> Dict[str, flo
     skip = max(1, calls // 10)
     plain = session(model_path)
     feeds = unknown_fields(plain, rows)
-    walls: List[float] = []
     with tempfile.TemporaryDirectory() as tmp:
         profiled = session(model_path, tmp)
-        for _ in range(0, calls, BURST):
-            plain.run(None, feeds)
-            walls.extend(_timed(plain, feeds) for _ in range(BURST))
-            for _ in range(BURST):
-                profiled.run(None, feeds)
+        walls = in_turns({"plain": (plain, feeds), "profiled": (profiled, feeds)}, calls, BURST)["plain"]
         per_stage = kernel_times(profiled.end_profiling())
     walls = walls[skip:]
     out = {stage: statistics.median(times[skip:]) / batch for stage, times in per_stage.items()}
@@ -105,6 +98,31 @@ def unknown_fields(model: ort.InferenceSession, titles: Sequence[str]) -> Dict[s
         elif given.name != "title":
             feeds[given.name] = np.zeros(len(titles), dtype="<U1")
     return feeds
+
+
+# A session and what it is fed.
+Run = Tuple[ort.InferenceSession, Dict[str, np.ndarray]]
+
+
+def in_turns(
+    runs: Mapping[str, Run], calls: int, burst: int, shuffle: Callable[[List[str]], None] = lambda order: None
+) -> Dict[str, List[float]]:
+    """Per run, the µs of each of `calls` timed calls.
+
+    The runs take turns, `burst` calls each, the first of a turn untimed (it runs on
+    the caches the other runs filled), so that a shared machine's drift falls on all
+    of them alike; `shuffle` reorders the turns before each round.
+    """
+    out: Dict[str, List[float]] = {name: [] for name in runs}
+    order = list(runs)
+    while min(len(times) for times in out.values()) < calls:
+        shuffle(order)
+        for name in order:
+            model, feeds = runs[name]
+            model.run(None, feeds)
+            for _ in range(min(burst - 1, calls - len(out[name]))):
+                out[name].append(_timed(model, feeds))
+    return out
 
 
 def _timed(run: ort.InferenceSession, feeds: Dict[str, np.ndarray]) -> float:
