@@ -72,6 +72,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             await refresh
     scheduler.close()  # the server has stopped: anything still queued is answered 503
     executor.shutdown(wait=True)  # after the server has finished in-flight requests
+    metrics.close()
     # How much sharing the load allowed: requests per model call.
     log.info("batching", extra={"requests": scheduler.requests, "model_calls": scheduler.calls})
 
@@ -142,6 +143,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else UNMATCHED_ROUTE
     state.metrics.observe_request(route, response.status, seconds)
+    state.metrics.publish(idle=state.scheduler.pending_requests == 0)
     answer = response.headers
     answer[tracing.REQUEST_ID_HEADER] = request_id
     answer[tracing.MODEL_VERSION_HEADER] = state.model.version

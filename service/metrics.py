@@ -8,16 +8,27 @@ sums them all. Gauges are written to those files at most GAUGE_REFRESH_SECONDS l
 (every write costs, and they change several times a request), and each has a mode
 saying how the workers' values combine. With WORKERS=1 the worker's own registry is
 exact, in memory.
+
+Observations are tallied in plain Python first and written to prometheus-client's values
+by `flush`: a write to a multiprocess file takes a lock, checks the process id and packs
+a record, several microseconds each and about ten per request. Every read of the
+registry flushes first, so this worker's own figures are always exact; the app flushes
+as soon as the worker has no request in flight, and while it stays busy at most
+FLUSH_SECONDS after an observation, so the other workers' scrapes lag that much at most.
+All of it runs on the worker's event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
+from bisect import bisect_left
 from collections import Counter as Tally
-from typing import Callable, Dict, Iterable, List, Literal, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Literal, Optional, Sequence, Tuple
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
@@ -34,12 +45,15 @@ REFUSAL_REASONS = ("pending_bytes", "queue_time", "queue_expired", "shutting_dow
 # share of traffic over each threshold as the table gives it on validation. No more:
 # each bucket a request fills is one more write per category.
 TOP_PROBABILITY_BUCKETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
-# Requests of up to this many products observe the top probabilities one by one; larger
-# ones count them per category and bucket with numpy first (observe_grouped), which costs
-# a fixed few microseconds but not one histogram write per product.
+# Requests of up to this many products tally the top probabilities one by one; larger
+# ones count them per category and bucket with numpy (grouped_tallies), which costs a
+# fixed few microseconds but not a Python step per product.
 OBSERVE_ONE_BY_ONE = 16
 # Multiprocess mode: how much later than the truth the other workers' gauges may be.
 GAUGE_REFRESH_SECONDS = 1.0
+# Multiprocess mode: how long a busy worker may keep observations before writing them
+# to its files (an idle one writes them at once).
+FLUSH_SECONDS = 0.1
 # How a gauge's values in the workers combine (prometheus-client's multiprocess modes).
 GaugeMode = Literal["livesum", "livemax"]
 
@@ -52,7 +66,14 @@ class Metrics:
         PROMETHEUS_MULTIPROC_DIR set before prometheus_client was imported)."""
         labels = tuple(labels)
         self.registry = CollectorRegistry(auto_describe=True)
+        # Registered first, so that every read of the registry sees the tallies written.
+        self.registry.register(_FlushFirst(self))
         self.multiprocess = multiprocess
+        # Observations not yet written (flush): an amount per counter child, and per
+        # histogram child a count per bucket followed by the sum of the values.
+        self._counts: Dict[Counter, float] = {}
+        self._tallies: Dict[Histogram, List[float]] = {}
+        self._flush_timer: Optional[asyncio.TimerHandle] = None
         own: Optional[CollectorRegistry] = self.registry
         if multiprocess:
             MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call] # all workers' files
@@ -126,30 +147,35 @@ class Metrics:
             # the label set stays small whatever clients send.
             children = (self._requests.labels(route, str(status)), self._latency.labels(route))
             self._children[(route, status)] = children
-        children[0].inc()
-        children[1].observe(seconds)
+        self._inc(children[0])
+        self._observe(children[1], seconds)
 
     def observe_predictions(self, categories: Sequence[str], probabilities: np.ndarray) -> None:
         """One request's predictions: a category per product, and the model's
         probabilities (a row per product) whose top value each histogram counts."""
-        counts = Tally(categories)
-        self._products.observe(len(categories))
-        for category, count in counts.items():
-            child = self._per_category.get(category)
-            if child is None:  # not in the model's metadata: still count it, visibly
-                child = self._per_category[category] = self._predictions.labels(category)
-            child.inc(count)
-        if not categories:
-            return
+        self._observe(self._products, len(categories))
         if len(categories) <= OBSERVE_ONE_BY_ONE:
-            # Plain Python: numpy's reductions cost more than they save on a few rows.
+            # Plain Python: a Counter and numpy's reductions cost more than they save on
+            # a few rows.
             for category, row in zip(categories, probabilities.tolist()):
-                self._top[self._top_child(category)].observe(max(row))
+                self._inc(self._predicted(category))
+                self._observe(self._top[self._top_child(category)], max(row))
             return
-        for category in counts:
+        counts = Tally(categories)
+        for category, count in counts.items():
+            self._inc(self._predicted(category), count)
             self._top_child(category)
         groups = np.fromiter(map(self._top_index.__getitem__, categories), np.intp, len(categories))
-        observe_grouped(self._top, groups, probabilities.max(axis=1))
+        for position, tally in grouped_tallies(
+            self._top[0]._upper_bounds, len(self._top), groups, probabilities.max(axis=1)
+        ):
+            self._add(self._top[position], tally)
+
+    def _predicted(self, category: str) -> Counter:
+        child = self._per_category.get(category)
+        if child is None:  # not in the model's metadata: still count it, visibly
+            child = self._per_category[category] = self._predictions.labels(category)
+        return child
 
     def _top_child(self, category: str) -> int:
         """The category's position in self._top, created on first sight (as for the
@@ -161,13 +187,65 @@ class Metrics:
         return position
 
     def observe_refused(self, reason: str) -> None:
-        self._refused_by[reason].inc()
+        self._inc(self._refused_by[reason])
 
     def observe_abandoned(self) -> None:
-        self._abandoned.inc()
+        self._inc(self._abandoned)
 
     def observe_queue_wait(self, seconds: float) -> None:
-        self._queue_wait.observe(seconds)
+        self._observe(self._queue_wait, seconds)
+
+    def _inc(self, counter: Counter, amount: float = 1.0) -> None:
+        self._counts[counter] = self._counts.get(counter, 0.0) + amount
+
+    def _observe(self, histogram: Histogram, value: float) -> None:
+        tally = self._tallies.get(histogram)
+        if tally is None:
+            tally = self._tallies[histogram] = [0.0] * (len(histogram._upper_bounds) + 1)
+        # The first bound at or above the value: a bucket takes the values up to and
+        # including its bound, as Histogram.observe counts them.
+        tally[bisect_left(histogram._upper_bounds, value)] += 1.0
+        tally[-1] += value
+
+    def _add(self, histogram: Histogram, tally: List[float]) -> None:
+        mine = self._tallies.get(histogram)
+        if mine is None:
+            self._tallies[histogram] = tally
+            return
+        for i, value in enumerate(tally):
+            mine[i] += value
+
+    def flush(self) -> None:
+        """Writes the tallied observations to prometheus-client's values (in multiprocess
+        mode, this worker's files)."""
+        counts, self._counts = self._counts, {}
+        for counter, amount in counts.items():
+            counter.inc(amount)
+        tallies, self._tallies = self._tallies, {}
+        for histogram, tally in tallies.items():
+            write_tally(histogram, tally)
+
+    def publish(self, idle: bool) -> None:
+        """After a request: multiprocess mode writes the tallies now if the worker has
+        no other request in flight (`idle`), else within FLUSH_SECONDS. A worker alone
+        needs neither: its reads flush."""
+        if not self.multiprocess or not (self._counts or self._tallies):
+            return
+        if idle:
+            self.flush()
+        elif self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self._flush_later)
+
+    def _flush_later(self) -> None:
+        self._flush_timer = None
+        self.flush()
+
+    def close(self) -> None:
+        """At shutdown: the last tallies written, no timer left behind."""
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+            self._flush_timer = None
+        self.flush()
 
     def gauge(
         self, name: str, documentation: str, read: Callable[[], float], mode: GaugeMode = "livesum"
@@ -195,21 +273,42 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def observe_grouped(histograms: Sequence[Histogram], groups: np.ndarray, values: np.ndarray) -> None:
-    """histograms[g].observe(v) for every (g, v) of `groups` and `values`, with one write
-    per bucket that gets values rather than one per value. prometheus-client has no call
-    for this: it adds to each histogram's bucket and sum values (`_buckets`, `_sum`, and
-    the bounds `_upper_bounds`: the layout of every release since 0.4, which
-    tests/test_metrics.py checks against observe). A bucket counts the values <= its
-    upper bound and > the bound before it, as observe does. The histograms share bounds."""
-    bounds = histograms[0]._upper_bounds
+def grouped_tallies(
+    bounds: Sequence[float], groups_count: int, groups: np.ndarray, values: np.ndarray
+) -> Iterator[Tuple[int, List[float]]]:
+    """The tallies (a count per bucket of `bounds`, then the sum) of the values of each
+    group that has any, as Metrics._observe would make them one value at a time: one
+    numpy pass over the values instead of a Python step each."""
     width = len(bounds)
     bucket = np.searchsorted(bounds, values, side="left")
-    counts = np.bincount(groups * width + bucket, minlength=len(histograms) * width).reshape(-1, width)
-    sums = np.bincount(groups, weights=values.astype(np.float64), minlength=len(histograms)).tolist()
-    for histogram, per_bucket, total in zip(histograms, counts.tolist(), sums):
+    counts = np.bincount(groups * width + bucket, minlength=groups_count * width).reshape(-1, width)
+    sums = np.bincount(groups, weights=values.astype(np.float64), minlength=groups_count).tolist()
+    for position, (per_bucket, total) in enumerate(zip(counts.tolist(), sums)):
         if any(per_bucket):
-            for value, count in zip(histogram._buckets, per_bucket):
-                if count:
-                    value.inc(count)
-            histogram._sum.inc(total)
+            yield position, [float(count) for count in per_bucket] + [total]
+
+
+def write_tally(histogram: Histogram, tally: List[float]) -> None:
+    """Adds a tally to a histogram's values. prometheus-client has no call for this: it
+    adds to each bucket's and the sum's value (`_buckets`, `_sum`, and the bounds
+    `_upper_bounds`: the layout of every release since 0.4, which tests/test_metrics.py
+    checks against observe)."""
+    for value, count in zip(histogram._buckets, tally):
+        if count:
+            value.inc(count)
+    histogram._sum.inc(tally[-1])
+
+
+class _FlushFirst:
+    """A collector with no metrics of its own that flushes the tallies when the registry
+    is read, before the collectors that read the values."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> List[Metric]:
+        return []
+
+    def collect(self) -> List[Metric]:
+        self._metrics.flush()
+        return []

@@ -1,17 +1,29 @@
-"""service/metrics.py in one process: the top-probability histogram, counted one by one
-or per bucket, says the same as prometheus-client's own observe."""
+"""service/metrics.py in one process: observations tallied and written later, one by one
+or per bucket, say the same as prometheus-client's own observe; a worker of several
+writes them to its file at once when idle, within FLUSH_SECONDS when busy."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import numpy as np
 import pytest
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from categorizer.confidence import THRESHOLDS
 from service import metrics as metrics_module
-from service.metrics import TOP_PROBABILITY_BUCKETS, Metrics, observe_grouped
+from service.metrics import (
+    FLUSH_SECONDS,
+    LATENCY_BUCKETS,
+    TOP_PROBABILITY_BUCKETS,
+    Metrics,
+    grouped_tallies,
+    write_tally,
+)
 
 LABELS = ["Bebê", "Decoração", "Outros"]
 
@@ -26,6 +38,15 @@ def samples(registry: CollectorRegistry, name: str) -> Dict[Tuple[str, ...], flo
     }
 
 
+def assert_same_samples(registry: CollectorRegistry, name: str, reference: CollectorRegistry) -> None:
+    """The samples of `name` in registry are those of the metric "ref" in reference."""
+    got, want = samples(registry, name), samples(reference, "ref")
+    assert len(got) == len(want)
+    for (sample_name, *labels), value in want.items():
+        key = (sample_name.replace("ref", name), *labels)
+        assert got[key] == pytest.approx(value, rel=1e-9), key
+
+
 def test_grouped_observations_match_observe_one_by_one() -> None:
     rng = np.random.default_rng(0)
     # Values on the bounds too: a bucket takes the values up to and including its bound.
@@ -36,7 +57,9 @@ def test_grouped_observations_match_observe_one_by_one() -> None:
     for registry in (grouped, single):
         histogram = Histogram("top", "t", ["g"], buckets=TOP_PROBABILITY_BUCKETS, registry=registry)
         histograms.append([histogram.labels(str(g)) for g in range(3)])
-    observe_grouped(histograms[0], groups, values.astype(np.float32))
+    bounds = histograms[0][0]._upper_bounds
+    for position, tally in grouped_tallies(bounds, 3, groups, values.astype(np.float32)):
+        write_tally(histograms[0][position], tally)
     for group, value in zip(groups.tolist(), values.astype(np.float32).tolist()):
         histograms[1][group].observe(value)
     want, got = samples(single, "top"), samples(grouped, "top")
@@ -62,12 +85,7 @@ def test_predictions_count_the_same_whatever_their_number(count: int) -> None:
         histogram.labels(label)
     for category, row in zip(categories, probabilities.tolist()):
         histogram.labels(category).observe(max(row))
-    got = samples(metrics.registry, "categorizer_top_probability")
-    want = samples(reference, "ref")
-    assert len(got) == len(want)
-    for (name, *labels), value in want.items():
-        key = (name.replace("ref", "categorizer_top_probability"), *labels)
-        assert got[key] == pytest.approx(value, rel=1e-9), key
+    assert_same_samples(metrics.registry, "categorizer_top_probability", reference)
     predictions: List[float] = [
         metrics.registry.get_sample_value("categorizer_predictions_total", {"category": label}) or 0.0
         for label in LABELS
@@ -85,3 +103,59 @@ def test_a_category_missing_from_the_labels_is_still_counted() -> None:
     metrics.observe_predictions(["Nova"] * 20, np.full((20, 3), 0.8, dtype=np.float32))
     count = metrics.registry.get_sample_value("categorizer_top_probability_count", {"category": "Nova"})
     assert count == 20
+
+
+def test_tallied_latencies_read_as_observe_counts_them() -> None:
+    # On the bounds, between them, past the last one, and zero.
+    seconds = [*LATENCY_BUCKETS, 0.0, 0.0007, 0.3, 11.0, 60.0]
+    metrics = Metrics(LABELS)
+    reference = CollectorRegistry()
+    histogram = Histogram("ref", "r", ["route"], buckets=LATENCY_BUCKETS, registry=reference)
+    for value in seconds:
+        metrics.observe_request("/v1/categorize", 200, value)
+        histogram.labels("/v1/categorize").observe(value)
+    assert_same_samples(metrics.registry, "categorizer_http_request_duration_seconds", reference)
+    requests = {"route": "/v1/categorize", "status": "200"}
+    assert metrics.registry.get_sample_value("categorizer_http_requests_total", requests) == len(seconds)
+
+
+@pytest.fixture
+def worker_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """prometheus-client's multiprocess mode in this process, its files in tmp_path
+    (the mode is chosen when prometheus_client is imported: its value class is swapped)."""
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(values, "ValueClass", values.MultiProcessValue())  # type: ignore[no-untyped-call]
+    return tmp_path
+
+
+def another_workers_count(files: Path) -> float:
+    """What a scrape answered by another worker says: the files, not this registry."""
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry, path=str(files))  # type: ignore[no-untyped-call]
+    labels = {"route": "/v1/categorize", "status": "200"}
+    return registry.get_sample_value("categorizer_http_requests_total", labels) or 0.0
+
+
+async def test_a_busy_worker_writes_its_observations_within_flush_seconds(worker_files: Path) -> None:
+    metrics = Metrics(LABELS, multiprocess=True)
+    metrics.observe_request("/v1/categorize", 200, 0.001)
+    metrics.publish(idle=False)  # another request in flight: written later, not now
+    assert another_workers_count(worker_files) == 0
+    start = time.monotonic()
+    while another_workers_count(worker_files) == 0:
+        assert time.monotonic() - start < 5.0, "the tallies were never written"
+        await asyncio.sleep(FLUSH_SECONDS / 10)
+    assert another_workers_count(worker_files) == 1
+    metrics.close()
+
+
+async def test_an_idle_worker_writes_its_observations_before_answering(worker_files: Path) -> None:
+    metrics = Metrics(LABELS, multiprocess=True)
+    for _ in range(3):
+        metrics.observe_request("/v1/categorize", 200, 0.001)
+        metrics.publish(idle=True)
+        # No await: the write happened before the response could be sent.
+    assert another_workers_count(worker_files) == 3
+    metrics.observe_request("/v1/categorize", 200, 0.001)
+    metrics.close()  # shutdown writes what is left
+    assert another_workers_count(worker_files) == 4
