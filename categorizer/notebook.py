@@ -15,13 +15,17 @@ OUTPUT (default ``ARTIFACTS_DIR/<notebook>.executed.ipynb``), a Markdown
 render beside it (``<notebook>.md``, its figures in ``<notebook>_files/``),
 and a summary lists the files the run wrote. A failure prints
 ``error: Type: message`` first, then the failing cell's traceback in plain
-text, exits with 1, and writes nothing.
+text, exits with 1, and writes nothing. The kernel process's own stderr (C
+libraries' messages, the kernel's logs) is held back until then, and printed
+after that line on a failure, at the end on a success: a kernel that prints as
+it shuts down cannot come before the error line.
 """
 
 from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -125,8 +129,9 @@ def stdout_lines(cell: nbformat.NotebookNode) -> List[str]:
     return text.splitlines()
 
 
-def execute(nb: nbformat.NotebookNode, cwd: Path, progress: Progress) -> None:
-    """Run every cell of `nb` in place, in a fresh kernel started in `cwd`."""
+def execute(nb: nbformat.NotebookNode, cwd: Path, progress: Progress, kernel_stderr: TextIO) -> None:
+    """Run every cell of `nb` in place, in a fresh kernel started in `cwd`, the kernel
+    process's stderr going to `kernel_stderr` (a file)."""
     client = NotebookClient(
         nb,
         timeout=CELL_TIMEOUT_SECONDS,
@@ -135,7 +140,7 @@ def execute(nb: nbformat.NotebookNode, cwd: Path, progress: Progress) -> None:
         on_cell_execute=progress.cell_execute,
         on_cell_executed=progress.cell_executed,
     )
-    client.execute()
+    client.execute(stderr=kernel_stderr)
 
 
 def render_markdown(nb: nbformat.NotebookNode, directory: Path, name: str) -> List[Path]:
@@ -154,6 +159,13 @@ def written_since(started: float, places: Sequence[Path]) -> List[Path]:
     """Files in `places` (files or directories) modified at or after `started` (a time.time())."""
     candidates = {p for place in places for p in ([place, *place.rglob("*")] if place.is_dir() else [place])}
     return sorted(p for p in candidates if p.is_file() and p.stat().st_mtime >= started)
+
+
+def kernel_output(kernel_stderr: TextIO) -> str:
+    """What the kernel process wrote to its stderr, under a heading; "" if nothing."""
+    kernel_stderr.seek(0)
+    text = kernel_stderr.read().rstrip()
+    return f"\nthe kernel's own stderr:\n{text}" if text else ""
 
 
 def fail(line: str, details: str = "") -> int:
@@ -179,23 +191,28 @@ def run(notebook: Path, output: Optional[Path]) -> int:
     started, clock = time.time(), time.perf_counter()
     nb = nbformat.read(str(notebook), as_version=4)
     progress = Progress(nb, sys.stdout, bar=sys.stderr.isatty())
-    try:
-        execute(nb, Path.cwd(), progress)
-        output.parent.mkdir(parents=True, exist_ok=True)
-        nbformat.write(nb, str(output))
-        rendered = render_markdown(nb, output.parent, notebook.stem)
-    except CellExecutionError as exc:
-        return fail(f"{exc.ename}: {exc.evalue}", f"in step {progress.current}:\n{strip_ansi(str(exc))}")
-    except Exception as exc:  # noqa: BLE001 -- a timeout or a dead kernel gets its one line first too
-        # chain=False: errors out of jupyter_core's event-loop wrapper can carry the
-        # RuntimeError("no running event loop") it caught, which says nothing here.
-        details = traceback.format_exc(chain=False)
-        return fail(f"{type(exc).__name__}: {exc}", f"in step {progress.current}:\n{details}")
-    finally:
-        progress.close()
-    written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output, *rendered])
-    print(f"done in {time.perf_counter() - clock:.0f} s; wrote {len(written)} files:")
-    print("\n".join(f"    {path}" for path in written), flush=True)
+    with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as kernel_stderr:
+        try:
+            execute(nb, Path.cwd(), progress, kernel_stderr)
+            output.parent.mkdir(parents=True, exist_ok=True)
+            nbformat.write(nb, str(output))
+            rendered = render_markdown(nb, output.parent, notebook.stem)
+        except CellExecutionError as exc:
+            details = f"in step {progress.current}:\n{strip_ansi(str(exc))}"
+            return fail(f"{exc.ename}: {exc.evalue}", details + kernel_output(kernel_stderr))
+        except Exception as exc:  # noqa: BLE001 -- a timeout or a dead kernel gets its one line first too
+            # chain=False: errors out of jupyter_core's event-loop wrapper can carry the
+            # RuntimeError("no running event loop") it caught, which says nothing here.
+            details = f"in step {progress.current}:\n{traceback.format_exc(chain=False)}"
+            return fail(f"{type(exc).__name__}: {exc}", details + kernel_output(kernel_stderr))
+        finally:
+            progress.close()
+        written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output, *rendered])
+        print(f"done in {time.perf_counter() - clock:.0f} s; wrote {len(written)} files:")
+        print("\n".join(f"    {path}" for path in written), flush=True)
+        leftover = kernel_output(kernel_stderr)
+        if leftover:
+            print(leftover.lstrip("\n"), file=sys.stderr, flush=True)
     return 0
 
 

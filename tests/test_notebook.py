@@ -205,6 +205,21 @@ def test_a_dead_kernel_is_one_line_first_too(tmp_path: Path) -> None:
     assert sorted(tmp_path.iterdir()) == sorted([dataset, dies])
 
 
+@pytest.mark.slow
+def test_what_the_kernel_process_prints_comes_after_the_error_line(tmp_path: Path) -> None:
+    # The kernel's own stderr (C libraries, libzmq as it shuts down) once came first.
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    noisy = tmp_path / "noisy.ipynb"
+    cell = "import os\nos.write(2, b'straight to the process stderr\\n')\nraise ValueError('boom')"
+    cells = [nbformat.v4.new_markdown_cell("## 1. Noise"), nbformat.v4.new_code_cell(cell)]
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), str(noisy))
+    done = train_command(tmp_path, notebook=noisy, DATASET_PATH=str(dataset))
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert lines[:2] == ["error: ValueError: boom", "in step 1. Noise:"]
+    assert lines.index("straight to the process stderr") > lines.index("the kernel's own stderr:") > 1
+
+
 def test_steps_group_code_cells_under_level_two_headings() -> None:
     new = nbformat.v4
     nb = new.new_notebook(
