@@ -168,6 +168,12 @@ def kernel_output(kernel_stderr: TextIO) -> str:
     return f"\nthe kernel's own stderr:\n{text}" if text else ""
 
 
+def print_kernel_output(kernel_stderr: TextIO) -> None:
+    text = kernel_output(kernel_stderr)
+    if text:
+        print(text.lstrip("\n"), file=sys.stderr, flush=True)
+
+
 def fail(line: str, details: str = "") -> int:
     """The one line that says what went wrong, first; then the details, if any."""
     print(f"error: {line}", file=sys.stderr)
@@ -193,7 +199,10 @@ def run(notebook: Path, output: Optional[Path]) -> int:
     progress = Progress(nb, sys.stdout, bar=sys.stderr.isatty())
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as kernel_stderr:
         try:
-            execute(nb, Path.cwd(), progress, kernel_stderr)
+            try:
+                execute(nb, Path.cwd(), progress, kernel_stderr)
+            finally:
+                progress.close()  # before any error line, which would land on the bar's
             output.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(nb, str(output))
             rendered = render_markdown(nb, output.parent, notebook.stem)
@@ -205,14 +214,13 @@ def run(notebook: Path, output: Optional[Path]) -> int:
             # RuntimeError("no running event loop") it caught, which says nothing here.
             details = f"in step {progress.current}:\n{traceback.format_exc(chain=False)}"
             return fail(f"{type(exc).__name__}: {exc}", details + kernel_output(kernel_stderr))
-        finally:
-            progress.close()
+        except BaseException:  # Ctrl-C: what the kernel said may tell why it hung
+            print_kernel_output(kernel_stderr)
+            raise
         written = written_since(started, [settings.artifacts_dir, settings.metrics_path, output, *rendered])
         print(f"done in {time.perf_counter() - clock:.0f} s; wrote {len(written)} files:")
         print("\n".join(f"    {path}" for path in written), flush=True)
-        leftover = kernel_output(kernel_stderr)
-        if leftover:
-            print(leftover.lstrip("\n"), file=sys.stderr, flush=True)
+        print_kernel_output(kernel_stderr)
     return 0
 
 

@@ -11,10 +11,11 @@ exact, in memory.
 
 Observations are tallied in plain Python first and written to prometheus-client's values
 by `flush`: a write to a multiprocess file takes a lock, checks the process id and packs
-a record, several microseconds each and about ten per request. Every read of the
-registry flushes first, so this worker's own figures are always exact; the app flushes
-as soon as the worker has no request in flight, and while it stays busy at most
-FLUSH_SECONDS after an observation, so the other workers' scrapes lag that much at most.
+a record, several microseconds each and about ten per request. A scrape (`render`) and
+every collect of the registry flush first, so this worker's own figures are always
+exact; the app flushes as soon as the worker has no categorize request pending, and
+while it stays busy at most FLUSH_SECONDS after an observation, so the other workers'
+scrapes lag that much at most.
 All of it runs on the worker's event loop.
 """
 
@@ -43,7 +44,7 @@ REFUSAL_REASONS = ("pending_bytes", "queue_time", "queue_expired", "shutting_dow
 # The top probability of each prediction, in buckets bounded by the thresholds of the
 # model's confidence table (categorizer/confidence.py), so that a dashboard reads the
 # share of traffic over each threshold as the table gives it on validation. No more:
-# each bucket a request fills is one more write per category.
+# each bucket filled is one more write per category at each flush.
 TOP_PROBABILITY_BUCKETS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 # Requests of up to this many products tally the top probabilities one by one; larger
 # ones count them per category and bucket with numpy (grouped_tallies), which costs a
@@ -202,10 +203,11 @@ class Metrics:
         tally = self._tallies.get(histogram)
         if tally is None:
             tally = self._tallies[histogram] = [0.0] * (len(histogram._upper_bounds) + 1)
-        # The first bound at or above the value: a bucket takes the values up to and
-        # including its bound, as Histogram.observe counts them.
-        tally[bisect_left(histogram._upper_bounds, value)] += 1.0
         tally[-1] += value
+        if value == value:  # NaN: in the sum and no bucket, as Histogram.observe counts it
+            # The first bound at or above the value: a bucket takes the values up to and
+            # including its bound.
+            tally[bisect_left(histogram._upper_bounds, value)] += 1.0
 
     def _add(self, histogram: Histogram, tally: List[float]) -> None:
         mine = self._tallies.get(histogram)
@@ -218,16 +220,18 @@ class Metrics:
     def flush(self) -> None:
         """Writes the tallied observations to prometheus-client's values (in multiprocess
         mode, this worker's files)."""
-        counts, self._counts = self._counts, {}
-        for counter, amount in counts.items():
-            counter.inc(amount)
-        tallies, self._tallies = self._tallies, {}
-        for histogram, tally in tallies.items():
-            write_tally(histogram, tally)
+        # Each tally leaves once written: if a write fails (a full disk), the rest stay
+        # for the next flush instead of being dropped with it.
+        for counter in list(self._counts):
+            counter.inc(self._counts[counter])
+            del self._counts[counter]
+        for histogram in list(self._tallies):
+            write_tally(histogram, self._tallies[histogram])
+            del self._tallies[histogram]
 
     def publish(self, idle: bool) -> None:
         """After a request: multiprocess mode writes the tallies now if the worker has
-        no other request in flight (`idle`), else within FLUSH_SECONDS. A worker alone
+        no categorize request pending (`idle`), else within FLUSH_SECONDS. A worker alone
         needs neither: its reads flush."""
         if not self.multiprocess or not (self._counts or self._tallies):
             return
@@ -269,6 +273,7 @@ class Metrics:
             gauge.set(read())
 
     def render(self) -> bytes:
+        self.flush()  # _FlushFirst does it too, but a restricted read would skip it
         self.refresh_gauges()  # this worker's gauges are exact; the others' a moment old
         return generate_latest(self.registry)
 
@@ -281,10 +286,12 @@ def grouped_tallies(
     numpy pass over the values instead of a Python step each."""
     width = len(bounds)
     bucket = np.searchsorted(bounds, values, side="left")
-    counts = np.bincount(groups * width + bucket, minlength=groups_count * width).reshape(-1, width)
+    counted = bucket < width  # NaN sorts past every bound: in the sum, no bucket
+    cells = groups[counted] * width + bucket[counted]
+    counts = np.bincount(cells, minlength=groups_count * width).reshape(-1, width)
     sums = np.bincount(groups, weights=values.astype(np.float64), minlength=groups_count).tolist()
     for position, (per_bucket, total) in enumerate(zip(counts.tolist(), sums)):
-        if any(per_bucket):
+        if any(per_bucket) or total != 0.0:
             yield position, [float(count) for count in per_bucket] + [total]
 
 

@@ -44,7 +44,7 @@ def assert_same_samples(registry: CollectorRegistry, name: str, reference: Colle
     assert len(got) == len(want)
     for (sample_name, *labels), value in want.items():
         key = (sample_name.replace("ref", name), *labels)
-        assert got[key] == pytest.approx(value, rel=1e-9), key
+        assert got[key] == pytest.approx(value, rel=1e-9, nan_ok=True), key
 
 
 def test_grouped_observations_match_observe_one_by_one() -> None:
@@ -136,7 +136,7 @@ def another_workers_count(files: Path) -> float:
     return registry.get_sample_value("categorizer_http_requests_total", labels) or 0.0
 
 
-async def test_a_busy_worker_writes_its_observations_within_flush_seconds(worker_files: Path) -> None:
+async def test_a_busy_worker_writes_its_observations_on_a_timer(worker_files: Path) -> None:
     metrics = Metrics(LABELS, multiprocess=True)
     metrics.observe_request("/v1/categorize", 200, 0.001)
     metrics.publish(idle=False)  # another request in flight: written later, not now
@@ -159,3 +159,45 @@ async def test_an_idle_worker_writes_its_observations_before_answering(worker_fi
     metrics.observe_request("/v1/categorize", 200, 0.001)
     metrics.close()  # shutdown writes what is left
     assert another_workers_count(worker_files) == 4
+
+
+@pytest.mark.parametrize("count", [1, metrics_module.OBSERVE_ONE_BY_ONE + 1])
+def test_a_nan_probability_is_counted_as_observe_counts_it(count: int) -> None:
+    # In the sum and in no bucket; one by one and per bucket alike.
+    probabilities = np.full((count, len(LABELS)), np.nan, dtype=np.float32)
+    probabilities[1:] = 0.6
+    metrics = Metrics(LABELS)
+    metrics.observe_predictions([LABELS[0]] * count, probabilities)
+    reference = CollectorRegistry()
+    histogram = Histogram("ref", "r", ["category"], buckets=TOP_PROBABILITY_BUCKETS, registry=reference)
+    for label in LABELS:
+        histogram.labels(label)
+    for row in probabilities.tolist():
+        histogram.labels(LABELS[0]).observe(max(row))
+    assert_same_samples(metrics.registry, "categorizer_top_probability", reference)
+
+
+def test_a_failed_write_keeps_the_tallies_not_yet_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = Metrics(LABELS)
+    for route in ("/a", "/b"):
+        metrics.observe_request(route, 200, 0.001)
+    write = values.MutexValue.inc
+    failures = [OSError("No space left on device")]
+
+    def first_write_fails(value: values.MutexValue, amount: float) -> None:
+        if failures:
+            raise failures.pop()
+        write(value, amount)  # type: ignore[no-untyped-call]
+
+    monkeypatch.setattr(values.MutexValue, "inc", first_write_fails)
+    with pytest.raises(OSError, match="No space"):
+        metrics.flush()
+    for route in ("/a", "/b"):  # the next read writes what the failed flush did not
+        labels = {"route": route, "status": "200"}
+        assert metrics.registry.get_sample_value("categorizer_http_requests_total", labels) == 1
+        assert (
+            metrics.registry.get_sample_value(
+                "categorizer_http_request_duration_seconds_count", {"route": route}
+            )
+            == 1
+        )
