@@ -15,8 +15,7 @@ a record, several microseconds each and about ten per request. A scrape (`render
 every collect of the registry flush first, so this worker's own figures are always
 exact; the app flushes as soon as the worker has no categorize request pending, and
 while it stays busy at most FLUSH_SECONDS after an observation, so the other workers'
-scrapes lag that much at most.
-All of it runs on the worker's event loop.
+scrapes lag that much at most. All of it runs on the worker's event loop.
 """
 
 from __future__ import annotations

@@ -50,23 +50,21 @@ def assert_same_samples(registry: CollectorRegistry, name: str, reference: Colle
 def test_grouped_observations_match_observe_one_by_one() -> None:
     rng = np.random.default_rng(0)
     # Values on the bounds too: a bucket takes the values up to and including its bound.
-    values = np.concatenate([rng.uniform(0.2, 1.0, 500), np.array(TOP_PROBABILITY_BUCKETS), [1.0, 0.1]])
-    groups = rng.integers(0, 3, len(values))
+    observed = np.concatenate([rng.uniform(0.2, 1.0, 500), np.array(TOP_PROBABILITY_BUCKETS), [1.0, 0.1]])
+    observed = observed.astype(np.float32)
+    groups = rng.integers(0, 3, len(observed))
     grouped, single = CollectorRegistry(), CollectorRegistry()
     histograms = []
-    for registry in (grouped, single):
-        histogram = Histogram("top", "t", ["g"], buckets=TOP_PROBABILITY_BUCKETS, registry=registry)
+    for registry, name in ((grouped, "top"), (single, "ref")):
+        histogram = Histogram(name, "t", ["g"], buckets=TOP_PROBABILITY_BUCKETS, registry=registry)
         histograms.append([histogram.labels(str(g)) for g in range(3)])
     bounds = histograms[0][0]._upper_bounds
-    for position, tally in grouped_tallies(bounds, 3, groups, values.astype(np.float32)):
+    for position, tally in grouped_tallies(bounds, 3, groups, observed):
         write_tally(histograms[0][position], tally)
-    for group, value in zip(groups.tolist(), values.astype(np.float32).tolist()):
+    for group, value in zip(groups.tolist(), observed.tolist()):
         histograms[1][group].observe(value)
-    want, got = samples(single, "top"), samples(grouped, "top")
-    assert want.keys() == got.keys()
-    for key, value in want.items():
-        assert got[key] == pytest.approx(value, rel=1e-9), key
-    assert sum(v for k, v in got.items() if k[0] == "top_count") == len(values)
+    assert_same_samples(grouped, "top", single)
+    assert sum(v for k, v in samples(grouped, "top").items() if k[0] == "top_count") == len(observed)
 
 
 @pytest.mark.parametrize(
