@@ -16,8 +16,6 @@ from typing import Optional
 
 def taken(host: str, port: int) -> Optional[str]:
     """None when nothing listens on host:port; else the one-line reason to stop."""
-    if port == 0:  # the kernel picks a free port per worker: nothing to collide with
-        return None
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:

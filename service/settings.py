@@ -123,7 +123,7 @@ class Settings:
         return cls(
             model_path=_read(e, "MODEL_PATH", _as_is, cls.model_path),
             host=_read(e, "HOST", _as_is, cls.host),
-            port=_read(e, "PORT", _int_between(0, 65535), cls.port),
+            port=_read(e, "PORT", _int_between(1, 65535), cls.port),
             workers=_read(e, "WORKERS", _int_between(1, 256), default_workers()),
             max_products=_read(e, "MAX_PRODUCTS", _int_between(1, 1_000_000), cls.max_products),
             max_title_chars=_read(e, "MAX_TITLE_CHARS", _int_between(1, 1_000_000), cls.max_title_chars),

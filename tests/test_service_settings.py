@@ -74,6 +74,8 @@ def test_access_log_flag(flag: str, rate: float) -> None:
     ("name", "value"),
     [
         ("PORT", "-1"),
+        # Port 0 would give each worker a port of its own that no one is told of.
+        ("PORT", "0"),
         ("WORKERS", "many"),
         ("MAX_BODY_BYTES", "10"),
         ("GRACE_SECONDS", "inf"),
