@@ -55,6 +55,11 @@ SUB_BATCH_ROWS = 256
 # few milliseconds of stall, and with one worker process per core the thread hand-off
 # only adds switches (see docs/decisions.md).
 INLINE_MAX_CHARS = 8192
+# Each product is charged this many characters beyond its own, for the model's work per
+# row (a title of one character costs about as much as one of 14): without it, thousands
+# of one-letter titles would run on the event loop as a few milliseconds' work and take
+# a hundred, and teach the cost model that every character is dear (docs/decisions.md).
+ROW_CHARS = 16
 # Freed memory goes back to the system once the worker has been quiet this long after
 # answering this much body data (see service/memory.py).
 TRIM_AFTER_BYTES = 8 * 1024 * 1024
@@ -92,9 +97,10 @@ Outcome = Union[Prediction, BaseException, _Abandoned]
 
 
 class CostModel:
-    """Model seconds a request will cost, from the characters it sends (titles + tags).
+    """Model seconds a request will cost, from the characters it sends (titles + tags,
+    and ROW_CHARS for each product: the scheduler's "chars").
 
-    Characters are what the model reads; products are not (titles range from 10 to 1,000
+    Characters are most of what the model reads (titles range from 10 to 1,000
     characters). The rate is learned from the calls themselves, so estimates follow the
     machine's speed; and from characters, not body bytes, so that a body padded with
     JSON white space cannot teach it that work is cheap.
@@ -272,8 +278,9 @@ class Scheduler:
     ) -> Prediction:
         """The categories and probabilities of an admitted request's products, in order.
         `fields`: a column per listing field some product sent (runtime.categorizer's
-        names and values). `gone()` tells whether its client has left; ApiError(503 or
-        499) when it is not run."""
+        names and values); `chars`: the characters of its titles and tags. `gone()`
+        tells whether its client has left; ApiError(503 or 499) when it is not run."""
+        chars += ROW_CHARS * len(titles)
         if self._closed and self._queued_seconds() >= self._keep_seconds:
             # Admitted before the drain ended, its body read only after: it runs if it
             # would start within the grace, like the queue it joins.

@@ -20,7 +20,7 @@ from service import scheduler as scheduling
 from service.app import create_app
 from service.errors import ApiError
 from service.metrics import Metrics
-from service.scheduler import CostModel, Prediction, Scheduler
+from service.scheduler import ROW_CHARS, CostModel, Prediction, Scheduler
 from service.settings import Settings
 from service.state import STATE, State
 from tests.conftest import AiohttpClient
@@ -236,9 +236,22 @@ async def test_requests_arriving_while_a_call_runs_form_the_next_call(executor: 
 
 async def test_big_calls_run_on_the_model_thread_small_ones_inline(executor: ThreadPoolExecutor) -> None:
     model = FakeModel()
-    scheduler, _ = make(model, executor, inline_max_chars=10)
+    scheduler, _ = make(model, executor, inline_max_chars=ROW_CHARS + 10)
     await submit(scheduler, "short")
     await submit(scheduler, "a much longer title")
+    threads = [thread for _, thread in model.calls]
+    assert threads[0] == threading.current_thread().name
+    assert threads[1].startswith("model")
+
+
+async def test_each_product_is_charged_for_its_row_not_only_its_characters(
+    executor: ThreadPoolExecutor,
+) -> None:
+    # Many one-letter titles are few characters but much model work: they go to the thread.
+    model = FakeModel()
+    scheduler, _ = make(model, executor, inline_max_chars=ROW_CHARS + 10)
+    await submit(scheduler, "ten letter")
+    await submit(scheduler, "a", "b")
     threads = [thread for _, thread in model.calls]
     assert threads[0] == threading.current_thread().name
     assert threads[1].startswith("model")
