@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[observe, problems])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_resources)
-    app.router.add_post("/v1/categorize", handlers.categorize)
+    app.router.add_post("/v1/categorize", handlers.categorize, expect_handler=handlers.expect_later)
     app.router.add_get("/v1/model", handlers.model, allow_head=False)
     app.router.add_get("/healthz", handlers.healthz, allow_head=False)
     app.router.add_get("/readyz", handlers.readyz, allow_head=False)
@@ -124,7 +124,7 @@ async def _refresh_gauges(metrics: Metrics) -> None:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's ids (X-Request-ID, traceparent) in its log lines and its answer,
     the model version and Server-Timing on every answer, request metrics, and
-    `Connection: close` while draining."""
+    `Connection: close` while draining or when a body was never sent."""
     start = time.perf_counter()
     headers = request.headers
     request_id = tracing.request_id(headers.get(tracing.REQUEST_ID_HEADER))
@@ -149,9 +149,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     answer[tracing.MODEL_VERSION_HEADER] = state.model.version
     model_seconds = request.get(tracing.MODEL_SECONDS_KEY)
     answer[tracing.SERVER_TIMING_HEADER] = tracing.server_timing(seconds, model_seconds)
-    if state.draining:
-        # Clients then reconnect for their next request instead of reusing a
-        # keep-alive connection that shutdown would close under them.
+    if state.draining or request.get(handlers.CLOSE_KEY, False):
+        # Draining: clients then reconnect for their next request instead of reusing a
+        # keep-alive connection that shutdown would close under them. CLOSE_KEY: the
+        # request's body was never sent (see handlers.categorize).
         response.force_close()
     return response
 

@@ -91,6 +91,11 @@ class ApiError(Exception):
         return cls(415, "Unsupported Media Type", detail, "body")
 
     @classmethod
+    def expectation_failed(cls, expect: str) -> ApiError:
+        detail = f"Expect: {expect!r} is not supported; the one expectation accepted is '100-continue'"
+        return cls(417, "Expectation Failed", detail)
+
+    @classmethod
     def too_large(cls, limit: int) -> ApiError:
         return cls(413, "Content Too Large", f"body: larger than the limit of {limit} bytes", "body")
 

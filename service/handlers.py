@@ -8,7 +8,7 @@ from typing import Dict, List, Sequence, Union
 
 import msgspec
 import numpy as np
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 
 from service.errors import ApiError
 from service.scheduler import Prediction, Scheduler, Ticket
@@ -28,6 +28,22 @@ _REFUSED_BEFORE_THE_BODY = frozenset({413, 415, 503})
 _ENCODER = msgspec.json.Encoder()
 _JSON_HEADERS = {"Content-Type": "application/json"}
 
+# The one expectation HTTP defines (RFC 9110, section 10.1.1).
+_CONTINUE = "100-continue"
+# On a request: 100 Continue was sent, the client is sending its body.
+_CONTINUED_KEY = "continued"
+# On a request: its answer must close the connection (service.app's observe does it).
+CLOSE_KEY = "close"
+
+
+async def expect_later(request: web.Request) -> None:
+    """The Expect handler of /v1/categorize: answers nothing here.
+
+    aiohttp's default sends 100 Continue before any middleware or handler runs, which
+    invites the client to upload a body that the handler may then refuse unread (413,
+    415, 503). The handler sends 100 Continue itself once the request is admitted, and
+    answers an unknown expectation with a problem (417)."""
+
 
 async def categorize(request: web.Request) -> web.Response:
     state = request.app[STATE]
@@ -35,7 +51,11 @@ async def categorize(request: web.Request) -> web.Response:
         with_probabilities = _wants_probabilities(request)
         prediction = await _categorize(request, state)
     except ApiError as error:
-        if error.status in _REFUSED_BEFORE_THE_BODY or error.field == INCLUDE:
+        if _body_withheld(request):
+            # The client waits for 100 Continue before it sends the body: it gets the
+            # answer now, and the connection closes, since the body never comes.
+            request[CLOSE_KEY] = True
+        elif error.status in _REFUSED_BEFORE_THE_BODY or error.field == INCLUDE:
             await _discard_body(request, state)
         raise
     categories, probabilities, seconds = prediction
@@ -70,6 +90,9 @@ _NO_PROBABILITIES = np.zeros((0, 0), dtype=np.float32)
 
 
 async def _categorize(request: web.Request, state: State) -> Prediction:
+    expect = request.headers.get(hdrs.EXPECT)
+    if expect is not None and expect.strip().lower() != _CONTINUE:
+        raise ApiError.expectation_failed(expect)
     limit = state.settings.max_body_bytes
     # Content-Length says it up front: refuse without reading.
     if request.content_length is not None and request.content_length > limit:
@@ -81,6 +104,8 @@ async def _categorize(request: web.Request, state: State) -> Prediction:
     scheduler = state.scheduler
     ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
     try:
+        if expect is not None:
+            await _send_continue(request)
         body = await _read_body(request, scheduler, ticket, limit, state.settings.body_timeout_seconds)
         batch = state.decoder.decode(body)
         del body  # the decoded strings are what waits for the model, not the bytes too
@@ -91,6 +116,24 @@ async def _categorize(request: web.Request, state: State) -> Prediction:
         )
     finally:
         scheduler.release(ticket)
+
+
+async def _send_continue(request: web.Request) -> None:
+    """100 Continue to a client that waits for it before sending the body (what aiohttp's
+    default Expect handler would have sent before the request was admitted)."""
+    if request.version >= HttpVersion11 and not request.content.is_eof():
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0  # the answer's own size starts after it
+        request[_CONTINUED_KEY] = True
+
+
+def _body_withheld(request: web.Request) -> bool:
+    """Whether the client still waits for 100 Continue before it sends its body."""
+    return (
+        hdrs.EXPECT in request.headers
+        and not request.get(_CONTINUED_KEY, False)
+        and not request.content.is_eof()
+    )
 
 
 async def _read_body(

@@ -313,6 +313,13 @@ def openapi_document(settings: Settings) -> Dict[str, Any]:
             "408": answer(f"Body not received within {settings.body_timeout_seconds:g} s.", problem),
             "413": answer(f"Body over {settings.max_body_bytes} bytes.", problem),
             "415": answer("A Content-Encoding other than identity.", problem),
+            "417": answer(
+                "An Expect header other than 100-continue. With `Expect: 100-continue`, "
+                "100 Continue comes only once the request is admitted: a request refused "
+                "before its body (413, 415, 503) gets that answer instead, and the "
+                "connection closes.",
+                problem,
+            ),
             "500": answer("Server bug (logged); generic message.", problem),
             "503": answer(
                 (

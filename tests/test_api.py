@@ -9,7 +9,19 @@ import io
 import json
 import logging
 import re
-from typing import Any, AsyncIterator, Awaitable, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import (
+    Any,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    NamedTuple,
+    Optional,
+    Tuple,
+)
 
 import msgspec
 import numpy as np
@@ -239,6 +251,80 @@ async def test_rejects_chunked_body_over_limit_with_413(
 
     response = await client.post(URL, data=chunks())
     await assert_problem(response, 413, "body")
+    await assert_still_serves(client, model_labels)
+
+
+class RawAnswer(NamedTuple):
+    status_lines: List[str]  # every status line read: an interim 100 Continue, then the answer
+    headers: Dict[str, str]
+    body: bytes
+
+
+async def read_answer(reader: asyncio.StreamReader) -> RawAnswer:
+    """An HTTP/1.1 answer read off the wire, interim 1xx answers included."""
+    status_lines = []
+    while True:
+        status_lines.append((await reader.readline()).decode().strip())
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode().partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if not status_lines[-1].startswith("HTTP/1.1 1"):
+            break
+    body = await reader.readexactly(int(headers.get("content-length", "0")))
+    return RawAnswer(status_lines, headers, body)
+
+
+def expect_head(length: int, expect: str = "100-continue") -> bytes:
+    return (
+        f"POST {URL} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\nExpect: {expect}\r\n\r\n"
+    ).encode()
+
+
+async def test_expect_100_continue_is_answered_once_the_request_is_admitted(client: Client) -> None:
+    body = json.dumps({"products": [{"title": "Caneca personalizada"}]}).encode()
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(expect_head(len(body)))
+        await writer.drain()
+        assert (await reader.readline()).startswith(b"HTTP/1.1 100 Continue")
+        assert await reader.readline() == b"\r\n"
+        writer.write(body)
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status_lines == ["HTTP/1.1 200 OK"]
+    assert len(json.loads(answer.body)["categories"]) == 1
+
+
+async def test_a_request_refused_before_its_body_gets_no_100_continue(
+    client: Client, model_labels: Tuple[str, ...], settings: Settings
+) -> None:
+    # The client waits for 100 Continue before uploading: it gets the 413 without
+    # sending a byte of the body, and the connection closes, since the body never comes.
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(expect_head(settings.max_body_bytes + 1))
+        await writer.drain()
+        answer = await asyncio.wait_for(read_answer(reader), 10)
+        assert await reader.read() == b""  # closed by the server
+    finally:
+        writer.close()
+    assert answer.status_lines == ["HTTP/1.1 413 Request Entity Too Large"]
+    assert answer.headers["content-type"] == PROBLEM
+    assert answer.headers["connection"] == "close"
+    assert json.loads(answer.body)["field"] == "body"
+    await assert_still_serves(client, model_labels)
+
+
+async def test_an_unknown_expectation_is_a_417_problem(client: Client, model_labels: Tuple[str, ...]) -> None:
+    response = await client.post(URL, data=b"{}", headers={"Expect": "something-else"})
+    problem = await assert_problem(response, 417, None)
+    assert "100-continue" in problem["detail"]
+    assert problem["request_id"] == response.headers["X-Request-ID"]
     await assert_still_serves(client, model_labels)
 
 
@@ -540,7 +626,7 @@ async def test_openapi_document_describes_the_schema(client: Client, settings: S
     assert {"type": "integer", "minimum": -(2**63), "maximum": 2**63 - 1} in product["seller_id"]["anyOf"]
     responses = doc["paths"]["/v1/categorize"]["post"]["responses"]
     # Every status the handler answers (499 goes to a client that has left: nobody reads it).
-    assert set(responses) == {"200", "400", "408", "413", "415", "500", "503"}
+    assert set(responses) == {"200", "400", "408", "413", "415", "417", "500", "503"}
     assert responses["503"]["headers"]["Retry-After"]["schema"]["type"] == "integer"
     assert "404" in doc["info"]["description"]
     assert "405" in doc["info"]["description"]
