@@ -2,15 +2,19 @@
 exit codes and the lines a run prints.
 
 Exit codes: 0 done; 1 --strict found a row without a title or with an invalid listing
-field; 2 INPUT, OUTPUT or the model cannot be used (one `error:` line on stderr, and OUTPUT is not written).
+field; 2 INPUT, OUTPUT or the model cannot be used (one `error:` line on stderr, and OUTPUT is not written);
+143 stopped by SIGTERM (OUTPUT is not written either).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from typing import List, Optional
+from types import FrameType
+from typing import Iterator, List, Optional
 
 from batch.job import Job, JobError, Refused
 from batch.report import Progress, Summary
@@ -67,7 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     job = Job(args.input, args.output, args.model, args.strict, args.processes, args.master)
     progress = Progress()
     try:
-        summary = _run(job, args.engine, progress)
+        with _stopped_by_sigterm():
+            summary = _run(job, args.engine, progress)
     except (JobError, ModelError) as exc:
         return _fail(str(exc), 2)
     except Refused as exc:
@@ -86,6 +91,22 @@ def _run(job: Job, engine: str, progress: Progress) -> Summary:
     from batch import local
 
     return local.run(job, progress)
+
+
+@contextlib.contextmanager
+def _stopped_by_sigterm() -> Iterator[None]:
+    """SIGTERM (a scheduler's stop, `timeout`) ends the job as Ctrl-C does: by an
+    exception, so that the `with` blocks remove the partial OUTPUT. Python's default
+    would end the process where it stands and leave it."""
+
+    def stop(signum: int, frame: Optional[FrameType]) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _fail(message: str, code: int) -> int:

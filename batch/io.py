@@ -153,11 +153,16 @@ class Output:
         self._writer: Union[pacsv.CSVWriter, pq.ParquetWriter, None] = None
 
     def __enter__(self) -> Output:
-        with self._errors():
-            if self.format == "csv":
-                self._writer = pacsv.CSVWriter(str(self.temp), self._schema)
-            else:
-                self._writer = pq.ParquetWriter(str(self.temp), self._schema)
+        try:
+            with self._errors():
+                if self.format == "csv":
+                    self._writer = pacsv.CSVWriter(str(self.temp), self._schema)
+                else:
+                    self._writer = pq.ParquetWriter(str(self.temp), self._schema)
+        except BaseException:
+            # A `with` whose __enter__ raises never calls __exit__, which removes the file.
+            self.temp.unlink(missing_ok=True)
+            raise
         return self
 
     def write(self, batch: pa.RecordBatch) -> None:

@@ -43,7 +43,8 @@ def run(job: Job, progress: Progress) -> Summary:
     processes = job.processes or cpu_count()
     with Output(job.output, schema) as out, _pool(processes) as pool:
         # A model that does not load fails here, before any row is read.
-        take = scoring.model_columns(source.schema.names, pool.submit(_model_inputs, job.model).result())
+        inputs = pool.submit(_model_inputs, job.model).result()
+        take = scoring.model_columns(source.schema.names, inputs, job.input)
         progress.start(source.rows)
         for batch, scored in _in_order(pool, processes, job.model, source.batches(), take):
             problem = _first_problem(batch, scored, summary.rows) if job.strict else None

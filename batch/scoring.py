@@ -45,9 +45,16 @@ def check_columns(names: Sequence[str], path: str) -> None:
             )
 
 
-def model_columns(names: Sequence[str], model_inputs: Sequence[str]) -> List[str]:
-    """INPUT's columns that the model takes (title, tags, ...), in INPUT's order."""
-    return [name for name in names if name in model_inputs]
+def model_columns(names: Sequence[str], model_inputs: Sequence[str], path: str) -> List[str]:
+    """INPUT's columns that the model takes (title, tags, ...), in INPUT's order; a
+    JobError if one of them is there twice (which of the two would it read?)."""
+    taken = [name for name in names if name in model_inputs]
+    for name in taken:
+        if taken.count(name) > 1:
+            raise JobError(
+                f"INPUT {path} has {taken.count(name)} columns named {name!r}; the model reads one"
+            )
+    return taken
 
 
 def model_for(path: str) -> Categorizer:

@@ -62,7 +62,9 @@ def run(job: Job) -> Summary:
     inputs = Categorizer.load(job.model).inputs
     _check_paths(job)
     if _is_local(job.input):  # its header or footers, read here: a bad file fails before the JVM starts
-        scoring.check_columns(Input(job.input).schema.names, job.input)
+        names = Input(job.input).schema.names
+        scoring.check_columns(names, job.input)
+        scoring.model_columns(names, inputs, job.input)  # Spark would rename a repeated name
     spark, owned = session(job.master)
     try:
         summary = _score(spark, job, inputs)
@@ -79,7 +81,7 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     context.addPyFile(_code_zip())
     frame = _read(spark, job.input)
     scoring.check_columns(frame.columns, job.input)
-    take = scoring.model_columns(frame.columns, inputs)
+    take = scoring.model_columns(frame.columns, inputs, job.input)
     if job.strict:
         # Before anything is written, wherever OUTPUT is: a pass over the title and the
         # listing fields the model takes.

@@ -3,8 +3,10 @@ leave no OUTPUT behind."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -201,6 +203,56 @@ def test_a_file_broken_halfway_leaves_no_partial_output(
     assert code == 2
     assert "cannot read INPUT" in err
     assert target.read_text() == "the previous run's output\n"
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("title", "title,title\nCaneca,Colar\n"), ("price", "title,price,price\nCaneca,12,13\n")],
+    ids=["title", "price"],
+)
+def test_a_column_the_model_reads_twice_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str, name: str, text: str
+) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    source.write_text(text, encoding="utf-8")
+    code, _, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")
+    assert code == 2
+    assert err == f"error: INPUT {source} has 2 columns named {name!r}; the model reads one\n"
+    assert not target.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_an_output_that_cannot_be_opened_leaves_no_partial_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str
+) -> None:
+    # A list column cannot be written to CSV: the writer fails as it opens the file.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.csv"
+    pq.write_table(pa.table({"title": ["Caneca"], "labels": [["a", "b"]]}), source)
+    code, _, err = run(capsys, str(source), str(target), "--model", model_path, "--processes", "1")
+    assert code == 2
+    assert err.startswith(f"error: cannot write OUTPUT {target}")
+    assert leftovers(tmp_path) == []
+
+
+def test_sigterm_stops_the_job_and_leaves_no_partial_output(
+    tmp_path: Path, test_products: List[Dict[str, str]], model_path: str
+) -> None:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    write_csv(catalogue(test_products, 200_000), source)  # seconds of work
+    command = [sys.executable, "score.py", str(source), str(target), "--model", model_path]
+    proc = subprocess.Popen([*command, "--processes", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert leftovers(tmp_path), "the job never started writing"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert not target.exists()
     assert leftovers(tmp_path) == []
 
 
