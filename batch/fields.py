@@ -77,7 +77,7 @@ def _seller_ids(column: pa.Array) -> Converted:
         # A float id is an integer column with gaps: NaN is a gap; infinity is no id.
         invalid = _filled(pc.is_inf(column), False)
         column = pc.if_else(pc.is_finite(column), column, pa.nulls(len(column), column.type))
-        column = _whole_as_integers(column)
+        column = _whole_as_digits(column)
     text = _known(_as_text(column, INPUT_SELLER))
     text = pc.replace_substring_regex(text, ZERO_FRACTION, r"\1")
     long = _filled(pc.greater(pc.utf8_length(text), MAX_SELLER_CHARS), False)
@@ -86,13 +86,15 @@ def _seller_ids(column: pa.Array) -> Converted:
     return Converted(text.to_numpy(zero_copy_only=False), invalid)
 
 
-def _whole_as_integers(column: pa.Array) -> pa.Array:
-    """A float column of whole ids as int64, so that 10000000001.0 reads "10000000001"
-    (Arrow writes large floats as "1.0000000001e+10"); kept as floats if any is not whole."""
-    whole = pc.and_(pc.equal(pc.floor(column), column), pc.less(pc.abs(column), 2.0**63))
-    if not pc.all(pc.fill_null(whole, True)).as_py():
-        return column
-    return pc.cast(column, pa.int64())
+def _whole_as_digits(column: pa.Array) -> pa.Array:
+    """A float column of ids as text, each whole id as its integer's digits, so that
+    10000000001.0 reads "10000000001" (Arrow writes large floats as "1.0000000001e+10").
+    Decided id by id: a row's id must not depend on the other rows of its batch."""
+    whole = pc.fill_null(pc.and_(pc.equal(pc.floor(column), column), pc.less(pc.abs(column), 2.0**63)), False)
+    digits = pc.cast(
+        pc.cast(pc.if_else(whole, column, pa.nulls(len(column), column.type)), pa.int64()), pa.string()
+    )
+    return pc.if_else(whole, digits, pc.cast(column, pa.string()))
 
 
 def _amounts(name: str, column: pa.Array) -> Converted:

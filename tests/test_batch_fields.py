@@ -43,6 +43,8 @@ def converted(name: str, column: pa.Array) -> List[Any]:
         (pa.array([math.inf, -math.inf]), [None, None]),
         # Whole floats as digits, as training reads them (Arrow writes 1.0000000001e+10).
         (pa.array([10000000001.0, None, 1e15]), ["10000000001", "", "1000000000000000"]),
+        # Id by id: one id that is not whole leaves its neighbours' digits as they are.
+        (pa.array([10000000001.0, 2.5]), ["10000000001", "2.5"]),
     ],
 )
 def test_seller_ids(column: pa.Array, want: List[Any]) -> None:
