@@ -120,6 +120,13 @@ async def _refresh_gauges(metrics: Metrics) -> None:
         metrics.refresh_gauges()
 
 
+def _unmatched_route(request: web.Request) -> str:
+    """The label of a request no route took: its path if the app has it (a wrong method,
+    405), else UNMATCHED_ROUTE (a 404)."""
+    known = any(resource.canonical == request.path for resource in request.app.router.resources())
+    return request.path if known else UNMATCHED_ROUTE
+
+
 @web.middleware
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's ids (X-Request-ID, traceparent) in its log lines and its answer,
@@ -141,7 +148,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     seconds = time.perf_counter() - start
     state = request.app[STATE]
     resource = request.match_info.route.resource
-    route = resource.canonical if resource is not None else UNMATCHED_ROUTE
+    route = resource.canonical if resource is not None else _unmatched_route(request)
     state.metrics.observe_request(route, response.status, seconds)
     state.metrics.publish(idle=state.scheduler.pending_requests == 0)
     answer = response.headers

@@ -580,8 +580,10 @@ async def test_readyz_503_while_draining_and_connections_close(
 async def test_metrics_count_requests_and_predictions(client: Client, model_labels: Tuple[str, ...]) -> None:
     [category] = await categories_of(client, [{"title": "Caneca"}])
     await client.get("/nowhere")
+    await client.get("/v1/categorize")  # a known path, the wrong method: its own route
     text = await (await client.get("/metrics")).text()
     assert 'categorizer_http_requests_total{route="/v1/categorize",status="200"} 1.0' in text
+    assert 'categorizer_http_requests_total{route="/v1/categorize",status="405"} 1.0' in text
     assert 'categorizer_http_requests_total{route="unmatched",status="404"} 1.0' in text
     assert f'categorizer_predictions_total{{category="{category}"}} 1.0' in text
     assert "categorizer_products_per_request_bucket" in text
