@@ -266,7 +266,9 @@ def _sentence_case(text: str) -> str:
 
 
 def _surrogate_field(body: Union[bytes, bytearray]) -> Optional[str]:
-    """The products[i].<field> holding a lone surrogate; error path only, so slow is fine."""
+    """The products[i].<field> holding a lone surrogate, "body" when another string holds
+    one (a field the service ignores, a key: msgspec refuses the body all the same), None
+    when none does; error path only, so slow is fine."""
     try:
         document = json.loads(body)  # the stdlib accepts lone surrogates
     except (ValueError, RecursionError):
@@ -277,7 +279,8 @@ def _surrogate_field(body: Union[bytes, bytearray]) -> Optional[str]:
             value = product.get(name) if isinstance(product, dict) else None
             if isinstance(value, str) and _SURROGATE.search(value):
                 return f"products[{i}].{name}"
-    return None
+    # A valid pair, once decoded, is one character outside the range: only lone ones match.
+    return "body" if _SURROGATE.search(json.dumps(document, ensure_ascii=False)) else None
 
 
 def openapi_document(settings: Settings) -> Dict[str, Any]:

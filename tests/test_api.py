@@ -201,6 +201,15 @@ async def test_rejects_lone_surrogates(client: Client, model_labels: Tuple[str, 
     assert "surrogate" in problem["detail"]
 
 
+async def test_a_lone_surrogate_in_a_field_the_service_ignores_is_named_as_such(
+    client: Client, model_labels: Tuple[str, ...]
+) -> None:
+    # msgspec refuses the body wherever the surrogate is; it used to say "truncated".
+    body = {"products": [{"title": "Caneca", "note": "x\ud800"}]}
+    problem = await rejects(client, model_labels, body, "body")
+    assert problem["detail"] == "body: contains a lone UTF-16 surrogate, which is not valid text"
+
+
 async def test_rejects_lone_surrogate_at_end_of_title(client: Client, model_labels: Tuple[str, ...]) -> None:
     # The escape right before the closing quote is another msgspec code path.
     await rejects(client, model_labels, rb'{"products": [{"title": "\udc00"}]}', "products[0].title")
