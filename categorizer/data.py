@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
+import math
 import os
 import shutil
 import tempfile
@@ -17,6 +19,8 @@ from tqdm import tqdm
 DATASET_URL = "https://elo7-datasets.s3.amazonaws.com/data_scientist_position/elo7_recruitment_dataset.csv"
 DEFAULT_DATASET_PATH = Path("data/elo7_recruitment_dataset.csv")
 
+# The columns read as text, where pandas' missing-value words ("NA", "null") are words.
+TEXT_COLUMNS = ("title", "concatenated_tags", "query")
 COLUMNS = (
     "product_id",
     "seller_id",
@@ -66,7 +70,7 @@ def download(url: str, dest: PathLike, timeout: float = DOWNLOAD_TIMEOUT_SECONDS
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         partial = _fetch(url, dest, timeout)
-    except (urllib.error.URLError, OSError) as exc:
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
         # A failed run leaves nothing behind, not even the directories it made.
         for directory in reversed(made):
             directory.rmdir()
@@ -97,10 +101,16 @@ def _missing_dirs(directory: Path) -> List[Path]:
 
 
 def _copy_with_progress(src: IO[bytes], dst: IO[bytes], total: Optional[int], name: str) -> None:
+    copied = 0
     with tqdm(total=total, unit="B", unit_scale=True, desc=name) as bar:
         for chunk in iter(lambda: src.read(_CHUNK_BYTES), b""):
             dst.write(chunk)
+            copied += len(chunk)
             bar.update(len(chunk))
+    # Python 3.9's HTTPResponse.read returns b"" when the server closes early, as at the end:
+    # a cut download would otherwise be kept as the dataset.
+    if total is not None and copied != total:
+        raise http.client.IncompleteRead(b"", total - copied)
 
 
 def load(path: Optional[PathLike] = None, url: str = DATASET_URL) -> pd.DataFrame:
@@ -109,11 +119,22 @@ def load(path: Optional[PathLike] = None, url: str = DATASET_URL) -> pd.DataFram
     if not path.exists():
         download(url, path)
     try:
-        frame = pd.read_csv(path, dtype={"title": str, "concatenated_tags": str, "query": str})
+        frame = read_listings(path)
     except pd.errors.EmptyDataError as exc:
         raise DatasetError(f"{path} is empty") from exc
     validate(frame, str(path))
     return frame
+
+
+def read_listings(path: PathLike) -> pd.DataFrame:
+    """A CSV of listings as it is, unvalidated (the training file, the public test file)."""
+    # A converter bypasses pandas' missing-value words: a title "NA" or "null" is a
+    # title, and only an empty field is missing text, as the API reads them.
+    return pd.read_csv(path, converters={name: _text for name in TEXT_COLUMNS})
+
+
+def _text(value: str) -> Union[str, float]:
+    return value if value else math.nan
 
 
 def validate(frame: pd.DataFrame, source: str) -> None:

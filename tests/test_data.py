@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import socket
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -101,6 +102,42 @@ def test_a_failed_download_leaves_no_file_or_directory(tmp_path: Path, free_port
             f"http://127.0.0.1:{free_port}/elo7.csv", tmp_path / "new" / "dir" / "elo7.csv", timeout=5
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_download_cut_short_is_an_error_not_a_dataset(tmp_path: Path) -> None:
+    # The server promises 100,000 bytes, sends 27 and closes: Python 3.9's read() then
+    # returns b"" as at a normal end.
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve_a_cut_file() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + HEADER[:27].encode())
+
+    thread = threading.Thread(target=serve_a_cut_file, daemon=True)
+    thread.start()
+    dest = tmp_path / "data" / "elo7.csv"
+    try:
+        with pytest.raises(data.DatasetError, match="could not download"):
+            data.download(f"http://127.0.0.1:{listener.getsockname()[1]}/elo7.csv", dest, timeout=10)
+    finally:
+        thread.join(10)
+        listener.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_text_spelled_like_a_missing_value_is_text(tmp_path: Path) -> None:
+    # pandas reads "NA", "null", "None" and "nan" as missing; a client may send them as titles.
+    path = write_csv(
+        tmp_path / "elo7.csv",
+        row(1, "NA", "Decoração"),
+        row(2, "null", "Decoração", tags="None"),
+        row(3, "", "Decoração"),
+    )
+    frame = prepare.clean(data.load(path))
+    assert frame["title"].tolist() == ["NA", "null"]  # the empty title alone is dropped
+    assert frame["concatenated_tags"].tolist() == ["", "None"]
 
 
 def test_settings_refuse_a_dataset_path_that_is_not_there(tmp_path: Path) -> None:
