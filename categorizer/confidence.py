@@ -1,6 +1,7 @@
 """How far the model's probabilities can be trusted: the confidence table.
 
-For each input view clients send (the title alone, title + tags), on held-out rows:
+For each input view clients send (the title alone, title + tags, each with and without
+the listing fields: prepare.VIEWS), on held-out rows:
 the share of products whose top probability reaches each threshold (coverage), how
 often the category of those products is right (precision), and the expected
 calibration error. A client that auto-accepts answers above a threshold reads its

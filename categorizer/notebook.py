@@ -195,7 +195,10 @@ def run(notebook: Path, output: Optional[Path]) -> int:
         flush=True,
     )
     started, clock = time.time(), time.perf_counter()
-    nb = nbformat.read(str(notebook), as_version=4)
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except (OSError, ValueError) as exc:  # missing, unreadable, or not a notebook (NotJSONError)
+        return fail(f"cannot read the notebook {notebook}: {type(exc).__name__}: {exc}")
     progress = Progress(nb, sys.stdout, bar=sys.stderr.isatty())
     with tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace") as kernel_stderr:
         try:

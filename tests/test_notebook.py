@@ -11,7 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import nbformat
 import numpy as np
@@ -176,6 +176,19 @@ def test_a_set_but_missing_test_products_path_is_an_error(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert done.stderr.startswith("error: DatasetError: TEST_PRODUCTS_PATH=")
     assert list(tmp_path.iterdir()) == [dataset]
+
+
+@pytest.mark.parametrize("content", [None, "not a notebook"], ids=["missing", "not-json"])
+def test_a_notebook_that_cannot_be_read_is_one_line(tmp_path: Path, content: Optional[str]) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    notebook = tmp_path / "training.ipynb"
+    if content is not None:
+        notebook.write_text(content, encoding="utf-8")
+    done = train_command(tmp_path, notebook, DATASET_PATH=str(dataset))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot read the notebook {notebook}: ")
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert {path.name for path in tmp_path.iterdir()} <= {dataset.name, notebook.name}  # nothing written
 
 
 @pytest.mark.slow
