@@ -58,29 +58,33 @@ INPUTS: Dict[str, Dict[str, str]] = {
 
 
 def save(model: onnx.ModelProto, path: Path) -> Path:
-    return write_bytes(path, model.SerializeToString())
+    return write_all({path: model.SerializeToString()})[0]
 
 
-def write_metrics(metrics: Mapping[str, Any], path: Path) -> Path:
-    text = json.dumps(metrics, ensure_ascii=False, indent=2, sort_keys=True) + "\n"
-    return write_bytes(path, text.encode("utf-8"))
+def metrics_json(metrics: Mapping[str, Any]) -> bytes:
+    """metrics.json's bytes."""
+    return (json.dumps(metrics, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_bytes(path: Path, content: bytes) -> Path:
-    """Write `content` to `path` whole or not at all.
+def write_all(files: Mapping[Path, bytes]) -> List[Path]:
+    """Write every file whole, or none of them; returns their paths.
 
-    A run that fails mid-write must not leave a truncated model where the
-    service would load it: the bytes go to a file beside `path`, then a rename
-    replaces `path` at once.
+    A run that fails mid-write must not leave a truncated model where the service would
+    load it, nor a new model beside the last run's metrics: each file's bytes go to a
+    file beside it, and only once all of them are written do renames put them in place.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
+    staged: List[Path] = []
     try:
-        partial.write_bytes(content)
-        os.replace(partial, path)
+        for path, content in files.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged.append(path.with_name(f".{path.name}.partial"))
+            staged[-1].write_bytes(content)
+        for partial, path in zip(staged, files):
+            os.replace(partial, path)
     finally:
-        partial.unlink(missing_ok=True)
-    return path
+        for partial in staged:
+            partial.unlink(missing_ok=True)
+    return list(files)
 
 
 def read_metadata(path: Path) -> Dict[str, str]:

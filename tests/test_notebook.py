@@ -60,13 +60,13 @@ def train_command(tmp_path: Path, notebook: Path = NOTEBOOK, **env: str) -> subp
     A subprocess keeps the kernel's sockets and event loop out of the test
     process, and exercises the same entry point as `make train`.
     """
-    env = dict(
-        os.environ,
-        ARTIFACTS_DIR=str(tmp_path / "artifacts"),
-        METRICS_PATH=str(tmp_path / "metrics.json"),
-        PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    env = {
+        **os.environ,
+        "ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "METRICS_PATH": str(tmp_path / "metrics.json"),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         **env,
-    )
+    }
     command = [sys.executable, "-m", "categorizer.notebook", str(notebook), str(tmp_path / "executed.ipynb")]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
 
@@ -176,6 +176,19 @@ def test_a_set_but_missing_test_products_path_is_an_error(tmp_path: Path) -> Non
     assert done.returncode == 1
     assert done.stderr.startswith("error: DatasetError: TEST_PRODUCTS_PATH=")
     assert list(tmp_path.iterdir()) == [dataset]
+
+
+def test_a_metrics_path_that_cannot_be_written_is_found_before_training(tmp_path: Path) -> None:
+    # Found after the kernel, the export would already have replaced the model.
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    (tmp_path / "taken").write_text("a file, not a directory")
+    metrics = tmp_path / "taken" / "metrics.json"
+    done = train_command(tmp_path, DATASET_PATH=str(dataset), METRICS_PATH=str(metrics))
+    assert done.returncode == 1
+    assert (
+        done.stderr == f"error: cannot write {metrics}: no directory there that this process may write in\n"
+    )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["synthetic.csv", "taken"]
 
 
 @pytest.mark.parametrize("content", [None, "not a notebook"], ids=["missing", "not-json"])
