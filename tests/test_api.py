@@ -304,7 +304,7 @@ async def test_expect_100_continue_is_answered_once_the_request_is_admitted(clie
         answer = await read_answer(reader)
     finally:
         writer.close()
-    assert answer.status_lines == ["HTTP/1.1 200 OK"]
+    assert [line.split()[:2] for line in answer.status_lines] == [["HTTP/1.1", "200"]]
     assert len(json.loads(answer.body)["categories"]) == 1
 
 
@@ -318,11 +318,13 @@ async def test_a_request_refused_before_its_body_gets_no_100_continue(
     try:
         writer.write(expect_head(settings.max_body_bytes + 1))
         await writer.drain()
-        answer = await asyncio.wait_for(read_answer(reader), 10)
-        assert await reader.read() == b""  # closed by the server
+        # Answered without a byte of the body (aiohttp then waits a while for the client
+        # to close, as clients do on `Connection: close`).
+        answer = await asyncio.wait_for(read_answer(reader), 5)
     finally:
         writer.close()
-    assert answer.status_lines == ["HTTP/1.1 413 Request Entity Too Large"]
+    # One answer, no interim 100 (the reason phrase differs between Python versions).
+    assert [line.split()[:2] for line in answer.status_lines] == [["HTTP/1.1", "413"]]
     assert answer.headers["content-type"] == PROBLEM
     assert answer.headers["connection"] == "close"
     assert json.loads(answer.body)["field"] == "body"
