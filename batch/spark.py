@@ -16,21 +16,24 @@ local[*]); `spark-submit score.py ... --engine spark` runs it on a cluster.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
+import re
 import shutil
 import sys
 import tempfile
 import time
 import zipfile
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import pyarrow as pa
+from py4j.protocol import Py4JJavaError  # type: ignore[import-untyped]
 from pyspark import SparkFiles
 from pyspark.accumulators import Accumulator
-from pyspark.errors import AnalysisException
+from pyspark.errors import AnalysisException, PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.types import FloatType, StringType, StructField, StructType
 
@@ -75,6 +78,22 @@ def run(job: Job) -> Summary:
     return summary
 
 
+# The last line of a Python worker's JobError, in the traceback Spark forwards as text.
+_WORKER_ERROR = re.compile(r"batch\.job\.JobError: (.+)")
+
+
+@contextlib.contextmanager
+def _job_errors() -> Iterator[None]:
+    """A Spark job that fails (a value a worker refuses, a column Spark cannot write) as
+    the CLI's one error line, not Spark's traceback: the worker's own message when it
+    raised a JobError, else the first words of Spark's."""
+    try:
+        yield
+    except (PySparkException, Py4JJavaError) as exc:
+        found = _WORKER_ERROR.findall(str(exc))
+        raise JobError(f"the Spark job failed: {found[-1] if found else one_line(exc)}") from None
+
+
 def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     context = spark.sparkContext
     context.addFile(os.path.abspath(job.model))
@@ -85,7 +104,9 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     if job.strict:
         # Before anything is written, wherever OUTPUT is: a pass over the title and the
         # listing fields the model takes.
-        _refuse(_problems(spark, frame.select([INPUT_TITLE, *_listing(take)])))
+        with _job_errors():
+            problems = _problems(spark, frame.select([INPUT_TITLE, *_listing(take)]))
+        _refuse(problems)
     rows: Accumulator[int] = context.accumulator(0)
     skipped: Accumulator[int] = context.accumulator(0)
     invalid = _counters(spark, _listing(take))
@@ -94,7 +115,8 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
     target = _temporary(job.output) if _is_local(job.output) else job.output
     try:
-        _write(scored, target, format_of(job.output, "OUTPUT"))
+        with _job_errors():
+            _write(scored, target, format_of(job.output, "OUTPUT"))
         if target != job.output:
             os.replace(target, job.output)
     finally:

@@ -12,7 +12,6 @@ from typing import Dict, Iterator, List
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from batch import local
@@ -114,8 +113,9 @@ def test_a_job_that_fails_leaves_no_output(spark: SparkSession, tmp_path: Path, 
     # Its footer reads, and only the job finds the title that is not UTF-8.
     source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.parquet"
     pq.write_table(pa.table({"title": pa.array([b"Caneca azul", b"Colar \xff prata"], pa.binary())}), source)
-    with pytest.raises(PySparkException, match="is not text"):
+    with pytest.raises(JobError, match=r"^the Spark job failed: .*is not text") as failed:
         spark_engine.run(Job(str(source), str(target), model_path))
+    assert "\n" not in str(failed.value)  # the worker's own line, not Spark's traceback
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
 
 
