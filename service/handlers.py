@@ -91,7 +91,7 @@ _NO_PROBABILITIES = np.zeros((0, 0), dtype=np.float32)
 
 async def _categorize(request: web.Request, state: State) -> Prediction:
     expect = request.headers.get(hdrs.EXPECT)
-    if expect is not None and expect.strip().lower() != _CONTINUE:
+    if expect and expect.strip().lower() != _CONTINUE:
         raise ApiError.expectation_failed(expect)
     limit = state.settings.max_body_bytes
     # Content-Length says it up front: refuse without reading.
@@ -104,7 +104,7 @@ async def _categorize(request: web.Request, state: State) -> Prediction:
     scheduler = state.scheduler
     ticket = scheduler.admit(request.content_length)  # 503 before the body costs anything
     try:
-        if expect is not None:
+        if expect:
             await _send_continue(request)
         body = await _read_body(request, scheduler, ticket, limit, state.settings.body_timeout_seconds)
         batch = state.decoder.decode(body)
@@ -122,16 +122,24 @@ async def _send_continue(request: web.Request) -> None:
     """100 Continue to a client that waits for it before sending the body (what aiohttp's
     default Expect handler would have sent before the request was admitted)."""
     if request.version >= HttpVersion11 and not request.content.is_eof():
-        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client left
+            raise ApiError.client_gone() from None
         request.writer.output_size = 0  # the answer's own size starts after it
         request[_CONTINUED_KEY] = True
 
 
 def _body_withheld(request: web.Request) -> bool:
-    """Whether the client still waits for 100 Continue before it sends its body."""
+    """Whether the client still waits for 100 Continue before it sends its body: an
+    HTTP/1.1 request with an expectation, no 100 Continue sent, and no byte of the body
+    received (an HTTP/1.0 client never waits, and one that gave up waiting is uploading:
+    its body is read and dropped as any refused body is)."""
     return (
-        hdrs.EXPECT in request.headers
+        bool(request.headers.get(hdrs.EXPECT))
+        and request.version >= HttpVersion11
         and not request.get(_CONTINUED_KEY, False)
+        and request.content.total_bytes == 0
         and not request.content.is_eof()
     )
 

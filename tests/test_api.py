@@ -331,6 +331,18 @@ async def test_a_request_refused_before_its_body_gets_no_100_continue(
     await assert_still_serves(client, model_labels)
 
 
+async def test_an_empty_expect_header_expects_nothing(client: Client) -> None:
+    body = json.dumps({"products": [{"title": "Caneca personalizada"}]}).encode()
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(expect_head(len(body), expect="") + body)
+        answer = await asyncio.wait_for(read_answer(reader), 5)
+    finally:
+        writer.close()
+    assert [line.split()[:2] for line in answer.status_lines] == [["HTTP/1.1", "200"]]
+
+
 async def test_an_unknown_expectation_is_a_417_problem(client: Client, model_labels: Tuple[str, ...]) -> None:
     response = await client.post(URL, data=b"{}", headers={"Expect": "something-else"})
     problem = await assert_problem(response, 417, None)
