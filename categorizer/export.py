@@ -79,6 +79,9 @@ def write_all(files: Mapping[Path, bytes]) -> List[Path]:
             path.parent.mkdir(parents=True, exist_ok=True)
             staged.append(path.with_name(f".{path.name}.partial"))
             staged[-1].write_bytes(content)
+        taken = [path for path in files if path.is_dir()]
+        if taken:  # a rename onto it would fail after the others had been done
+            raise IsADirectoryError(f"{taken[0]} is a directory")
         for partial, path in zip(staged, files):
             os.replace(partial, path)
     finally:

@@ -191,11 +191,12 @@ def run(notebook: Path, output: Optional[Path]) -> int:
     except (DatasetError, ValueError) as exc:
         return fail(f"{type(exc).__name__}: {exc}")
     output = output or settings.artifacts_dir / f"{notebook.stem}.executed.ipynb"
-    blocked = [
-        path for path in (output, settings.metrics_path, settings.artifacts_dir) if not _can_create(path)
-    ]
+    files = (output, settings.metrics_path, settings.artifacts_dir / "model.onnx")
+    blocked = [path for path in files if not _can_create(path)]
     if blocked:  # found now, not after the export has replaced the model
-        return fail(f"cannot write {blocked[0]}: no directory there that this process may write in")
+        return fail(
+            f"cannot write {blocked[0]}: a directory, or no directory there that this process may write in"
+        )
     print(
         f"running {notebook}: data {settings.dataset_path}, artifacts to {settings.artifacts_dir}/",
         flush=True,
@@ -234,9 +235,11 @@ def run(notebook: Path, output: Optional[Path]) -> int:
 
 
 def _can_create(path: Path) -> bool:
-    """Whether `path` (or, for a directory that exists, a file in it) can be written:
-    its nearest existing ancestor is a directory this process may write in."""
-    existing = path if path.is_dir() else path.parent
+    """Whether the file `path` can be written: it is not a directory, and its nearest
+    existing ancestor is a directory this process may write in."""
+    if path.is_dir():
+        return False
+    existing = path.parent
     while not existing.exists():
         existing = existing.parent
     return existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)

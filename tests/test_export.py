@@ -42,3 +42,13 @@ def test_one_file_that_cannot_be_written_leaves_every_file_as_it_was(tmp_path: P
         export.write_all({model: b"new model", tmp_path / "taken" / "metrics.json": b"new metrics"})
     assert model.read_bytes() == b"old model"
     assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.onnx", "taken"]
+
+
+def test_a_target_that_is_a_directory_leaves_every_file_as_it_was(tmp_path: Path) -> None:
+    model, metrics = tmp_path / "model.onnx", tmp_path / "metrics.json"
+    model.write_bytes(b"old model")
+    metrics.mkdir()
+    with pytest.raises(IsADirectoryError):
+        export.write_all({model: b"new model", metrics: b"new metrics"})
+    assert model.read_bytes() == b"old model"
+    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "model.onnx"]

@@ -185,10 +185,19 @@ def test_a_metrics_path_that_cannot_be_written_is_found_before_training(tmp_path
     metrics = tmp_path / "taken" / "metrics.json"
     done = train_command(tmp_path, DATASET_PATH=str(dataset), METRICS_PATH=str(metrics))
     assert done.returncode == 1
-    assert (
-        done.stderr == f"error: cannot write {metrics}: no directory there that this process may write in\n"
-    )
+    reason = "a directory, or no directory there that this process may write in"
+    assert done.stderr == f"error: cannot write {metrics}: {reason}\n"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["synthetic.csv", "taken"]
+
+
+def test_a_metrics_path_that_is_a_directory_is_found_before_training(tmp_path: Path) -> None:
+    dataset = synthetic_dataset(tmp_path / "synthetic.csv")
+    metrics = tmp_path / "metrics.json"
+    metrics.mkdir()
+    done = train_command(tmp_path, DATASET_PATH=str(dataset), METRICS_PATH=str(metrics))
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"error: cannot write {metrics}: a directory")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json", "synthetic.csv"]
 
 
 @pytest.mark.parametrize("content", [None, "not a notebook"], ids=["missing", "not-json"])
