@@ -84,14 +84,19 @@ _WORKER_ERROR = re.compile(r"batch\.job\.JobError: (.+)")
 
 @contextlib.contextmanager
 def _job_errors() -> Iterator[None]:
-    """A Spark job that fails (a value a worker refuses, a column Spark cannot write) as
-    the CLI's one error line, not Spark's traceback: the worker's own message when it
-    raised a JobError, else the first words of Spark's."""
+    """A Spark job that fails on the INPUT (a value a worker refuses: its JobError) or on
+    the OUTPUT (a column Spark cannot write: an AnalysisException) as the CLI's one error
+    line, not Spark's traceback. Anything else (a bug in a worker, a lost executor) is
+    raised as Spark raised it."""
     try:
         yield
+    except AnalysisException as exc:
+        raise JobError(f"the Spark job failed: {one_line(exc)}") from None
     except (PySparkException, Py4JJavaError) as exc:
         found = _WORKER_ERROR.findall(str(exc))
-        raise JobError(f"the Spark job failed: {found[-1] if found else one_line(exc)}") from None
+        if not found:
+            raise
+        raise JobError(f"the Spark job failed: {found[-1]}") from None
 
 
 def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:

@@ -119,6 +119,17 @@ def test_a_job_that_fails_leaves_no_output(spark: SparkSession, tmp_path: Path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
 
 
+def test_an_output_spark_cannot_write_is_one_error(
+    spark: SparkSession, tmp_path: Path, model_path: str
+) -> None:
+    # A list column has no CSV form: Spark refuses it as it plans the write.
+    source, target = tmp_path / "catalogue.parquet", tmp_path / "scored.csv"
+    pq.write_table(pa.table({"title": ["Caneca azul"], "labels": [["a", "b"]]}), source)
+    with pytest.raises(JobError, match=r"^the Spark job failed: .*(?i:csv)"):
+        spark_engine.run(Job(str(source), str(target), model_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["catalogue.parquet"]
+
+
 def test_listing_fields_from_parquet_give_the_local_engines_rows(
     spark: SparkSession, tmp_path: Path, products_table: pa.Table, echo: str
 ) -> None:
