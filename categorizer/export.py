@@ -73,15 +73,15 @@ def write_all(files: Mapping[Path, bytes]) -> List[Path]:
     load it, nor a new model beside the last run's metrics: each file's bytes go to a
     file beside it, and only once all of them are written do renames put them in place.
     """
+    taken = [path for path in files if path.is_dir()]
+    if taken:  # a rename onto it would fail after the others had been done
+        raise IsADirectoryError(f"{taken[0]} is a directory")
     staged: List[Path] = []
     try:
         for path, content in files.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             staged.append(path.with_name(f".{path.name}.partial"))
             staged[-1].write_bytes(content)
-        taken = [path for path in files if path.is_dir()]
-        if taken:  # a rename onto it would fail after the others had been done
-            raise IsADirectoryError(f"{taken[0]} is a directory")
         for partial, path in zip(staged, files):
             os.replace(partial, path)
     finally:
