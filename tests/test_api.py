@@ -284,6 +284,18 @@ async def read_answer(reader: asyncio.StreamReader) -> RawAnswer:
     return RawAnswer(status_lines, headers, body)
 
 
+async def send_raw(client: Client, data: bytes) -> RawAnswer:
+    """Sends `data` as it is on a connection of its own and reads the answer."""
+    assert client.port is not None
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        return await asyncio.wait_for(read_answer(reader), 5)
+    finally:
+        writer.close()
+
+
 def expect_head(length: int, expect: str = "100-continue") -> bytes:
     return (
         f"POST {URL} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
@@ -312,17 +324,10 @@ async def test_a_request_refused_before_its_body_gets_no_100_continue(
     client: Client, model_labels: Tuple[str, ...], settings: Settings
 ) -> None:
     # The client waits for 100 Continue before uploading: it gets the 413 without
-    # sending a byte of the body, and the connection closes, since the body never comes.
-    assert client.port is not None
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(expect_head(settings.max_body_bytes + 1))
-        await writer.drain()
-        # Answered without a byte of the body (aiohttp then waits a while for the client
-        # to close, as clients do on `Connection: close`).
-        answer = await asyncio.wait_for(read_answer(reader), 5)
-    finally:
-        writer.close()
+    # sending a byte of the body, and the connection closes, since the body never comes
+    # (aiohttp then waits a while for the client to close, as clients do on
+    # `Connection: close`).
+    answer = await send_raw(client, expect_head(settings.max_body_bytes + 1))
     # One answer, no interim 100 (the reason phrase differs between Python versions).
     assert [line.split()[:2] for line in answer.status_lines] == [["HTTP/1.1", "413"]]
     assert answer.headers["content-type"] == PROBLEM
@@ -333,13 +338,7 @@ async def test_a_request_refused_before_its_body_gets_no_100_continue(
 
 async def test_an_empty_expect_header_expects_nothing(client: Client) -> None:
     body = json.dumps({"products": [{"title": "Caneca personalizada"}]}).encode()
-    assert client.port is not None
-    reader, writer = await asyncio.open_connection(client.host, client.port)
-    try:
-        writer.write(expect_head(len(body), expect="") + body)
-        answer = await asyncio.wait_for(read_answer(reader), 5)
-    finally:
-        writer.close()
+    answer = await send_raw(client, expect_head(len(body), expect="") + body)
     assert [line.split()[:2] for line in answer.status_lines] == [["HTTP/1.1", "200"]]
 
 
