@@ -8,8 +8,9 @@ and --strict refuses them):
 
 - seller_id: text, numbers or Parquet's integers; white space trimmed; a number written
   with a zero fraction (9835835.0: an integer column with gaps, as pandas writes it) is
-  the integer's text, "9835835". Invalid: longer than 64 characters, or a float that is
-  not finite.
+  the integer's text, "9835835". Invalid: longer than 64 characters (white space
+  included, as the API counts), or a float that is not finite. A column of booleans is
+  refused, as the API refuses true and false.
 - price, weight, minimum_quantity: numbers, or text a number is written in (1e3, .5, +2;
   not 1,5 or R$ 10). Invalid: below 0, above 1,000,000 or infinite (the API's bounds), or
   text that is not a number.
@@ -70,6 +71,8 @@ def convert(name: str, column: pa.Array) -> Converted:
 
 
 def _seller_ids(column: pa.Array) -> Converted:
+    if pa.types.is_boolean(column.type):  # the API refuses true and false as ids too
+        raise JobError(f"column {INPUT_SELLER!r} holds bool: true and false are not seller ids")
     if not (_is_text(column.type) or _is_number(column.type) or pa.types.is_null(column.type)):
         raise JobError(f"column {INPUT_SELLER!r} holds {column.type}, neither numbers nor text")
     invalid = np.zeros(len(column), dtype=bool)
@@ -78,9 +81,10 @@ def _seller_ids(column: pa.Array) -> Converted:
         invalid = _filled(pc.is_inf(column), False)
         column = pc.if_else(pc.is_finite(column), column, pa.nulls(len(column), column.type))
         column = _whole_as_digits(column)
-    text = _known(_as_text(column, INPUT_SELLER))
-    text = pc.replace_substring_regex(text, ZERO_FRACTION, r"\1")
+    text = _as_text(column, INPUT_SELLER)
+    # Counted before trimming, as the API counts a string's characters as sent.
     long = _filled(pc.greater(pc.utf8_length(text), MAX_SELLER_CHARS), False)
+    text = pc.replace_substring_regex(_known(text), ZERO_FRACTION, r"\1")
     invalid |= long
     text = pc.if_else(pa.array(long), "", pc.fill_null(text, ""))
     return Converted(text.to_numpy(zero_copy_only=False), invalid)

@@ -70,7 +70,8 @@ def run(job: Job) -> Summary:
         scoring.model_columns(names, inputs, job.input)  # Spark would rename a repeated name
     spark, owned = session(job.master)
     try:
-        summary = _score(spark, job, inputs)
+        with _case_sensitive(spark):
+            summary = _score(spark, job, inputs)
     finally:
         if owned:
             spark.stop()
@@ -104,8 +105,10 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     context.addFile(os.path.abspath(job.model))
     context.addPyFile(_code_zip())
     frame = _read(spark, job.input)
-    scoring.check_columns(frame.columns, job.input)
-    take = scoring.model_columns(frame.columns, inputs, job.input)
+    names = frame.columns
+    scoring.check_columns(names, job.input)
+    take = scoring.model_columns(names, inputs, job.input)
+    frame = frame.toDF(*_placeholders(names, take))
     if job.strict:
         # Before anything is written, wherever OUTPUT is: a pass over the title and the
         # listing fields the model takes.
@@ -118,6 +121,7 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
     score = functools.partial(_score_batches, os.path.basename(job.model), take, rows, skipped, invalid)
     fields = [StructField(scoring.CATEGORY, StringType()), StructField(scoring.CONFIDENCE, FloatType())]
     scored = frame.mapInArrow(score, StructType([*frame.schema.fields, *fields]))
+    scored = scored.toDF(*names, scoring.CATEGORY, scoring.CONFIDENCE)
     target = _temporary(job.output) if _is_local(job.output) else job.output
     try:
         with _job_errors():
@@ -128,6 +132,29 @@ def _score(spark: SparkSession, job: Job, inputs: Sequence[str]) -> Summary:
         if target != job.output and os.path.exists(target):  # a failed job's parts
             shutil.rmtree(target)
     return Summary(rows=rows.value, skipped=skipped.value, invalid=_values(invalid))
+
+
+@contextlib.contextmanager
+def _case_sensitive(spark: SparkSession) -> Iterator[None]:
+    """INPUT's column names compared as the local engine compares them, case and all.
+    By Spark's default a `Title` column is a second `title`: its CSV reader renames both
+    (`title0`, `Title1`) and a select cannot tell them apart. The session's own setting
+    is put back after the job (it may be a notebook's)."""
+    key = "spark.sql.caseSensitive"
+    before = spark.conf.get(key, "false")
+    spark.conf.set(key, "true")
+    try:
+        yield
+    finally:
+        spark.conf.set(key, before or "false")
+
+
+def _placeholders(names: Sequence[str], take: Sequence[str]) -> List[str]:
+    """INPUT's column names for mapInArrow: those the model reads as they are, the others
+    (passed through untouched) as `_column_<position>`, renamed back after. mapInArrow
+    resolves its input's columns by name, and a name with a dot in it (`a.b`) fails
+    there as a field of a struct `a` that is not there."""
+    return [name if name in take else f"_column_{i}" for i, name in enumerate(names)]
 
 
 def _score_batches(
@@ -209,8 +236,19 @@ def _read(spark: SparkSession, path: str) -> DataFrame:
     # A path that is not there, or not Parquet: found while Spark plans, before any job.
     # A bad row found while the job runs fails the job, with Spark's own error.
     except AnalysisException as exc:
-        raise JobError(f"cannot read INPUT {path}: {one_line(exc)}") from None
+        raise JobError(f"cannot read INPUT {path}: {one_line(exc)}{_hint(exc)}") from None
     return functools.reduce(DataFrame.union, frames)
+
+
+def _hint(exc: AnalysisException) -> str:
+    # pandas writes its datetimes as Parquet nanoseconds, which Spark cannot read; the
+    # local engine passes them through.
+    if "TIMESTAMP(NANOS" not in str(exc):
+        return ""
+    return (
+        ". Spark keeps timestamps to the microsecond: write them so (pandas: to_parquet(..., "
+        "coerce_timestamps='us')) or score the file with --engine local"
+    )
 
 
 def _parts(path: str) -> List[str]:

@@ -173,12 +173,14 @@ def _seller(value: Any) -> Tuple[str, bool]:
         if math.isinf(value):
             return "", True
         value = None if math.isnan(value) else int(value) if value.is_integer() else value
+    if len(str(value)) > 64:  # as sent, white space included
+        return "", True
     if _missing(value):
         return "", False
     text = str(value).strip()
     if re.fullmatch(r"[+-]?[0-9]+\.0*", text):
         text = text.split(".")[0]
-    return ("", True) if len(text) > 64 else (text, False)
+    return text, False
 
 
 def _number(value: Any) -> Optional[float]:
@@ -206,6 +208,7 @@ FIELD_CASES = [
     ("seller_id", "NaN", False),
     ("seller_id", "s" * 64, False),
     ("seller_id", "s" * 65, True),
+    ("seller_id", " " + "s" * 64, True),
     ("price", "-3", True),
     ("price", "1000001", True),
     ("price", "inf", True),

@@ -113,6 +113,11 @@ def test_a_column_of_another_type_fails_with_its_name(name: str) -> None:
         fields.convert(name, column)
 
 
+def test_a_column_of_booleans_is_no_seller_id() -> None:
+    with pytest.raises(JobError, match="column 'seller_id' holds bool: true and false are not seller ids"):
+        fields.convert("seller_id", pa.array([True, False]))
+
+
 def test_text_that_is_not_utf8_fails_with_its_name() -> None:
     with pytest.raises(JobError, match="column 'price' is not text"):
         fields.convert("price", pa.array([b"1\xff"], pa.binary()))

@@ -158,10 +158,39 @@ def test_listing_fields_from_csv_text_and_strict(
     with pytest.raises(Refused) as refused:
         spark_engine.run(Job(str(source), str(target), echo, strict=True))
     assert str(refused.value) == (
-        "--strict: 3 rows have a missing or blank title; 1 row has an invalid 'seller_id' "
+        "--strict: 3 rows have a missing or blank title; 2 rows have an invalid 'seller_id' "
         "(not at most 64 characters); 5 rows have an invalid 'price' (not a number from 0 to "
         "1,000,000); 1 row has an invalid 'weight' (not a number from 0 to 1,000,000); 2 rows "
         "have an invalid 'express_delivery' (not true, false, 0 or 1); 1 row has an invalid "
         "'minimum_quantity' (not a number from 0 to 1,000,000)"
     )
     assert not target.exists()
+
+
+def test_column_names_spark_would_parse_pass_through_as_the_local_engine_passes_them(
+    spark: SparkSession, tmp_path: Path, model_path: str
+) -> None:
+    # A dot (`a.b`) failed in mapInArrow as a field of a struct; `Title` beside `title`
+    # made Spark's CSV reader rename both, and the job said there was no title column.
+    source = tmp_path / "catalogue.csv"
+    source.write_text("title,a.b,Title,`x`\nVestido de festa azul,1,x,\nKit bebê,2,y,z\n", encoding="utf-8")
+    spark_engine.run(Job(str(source), str(tmp_path / "spark.csv"), model_path))
+    local.run(Job(str(source), str(tmp_path / "local.csv"), model_path, processes=1), Progress())
+    by_spark, by_local = read_csv_parts(tmp_path / "spark.csv"), read(tmp_path / "local.csv")
+    assert by_spark.column_names == ["title", "a.b", "Title", "`x`", "category", "confidence"]
+    assert by_spark.column_names == by_local.column_names
+    for name in by_local.column_names:
+        assert by_spark.column(name).to_pylist() == by_local.column(name).to_pylist(), name
+    assert spark.conf.get("spark.sql.caseSensitive") == "false"  # the session's own, put back
+
+
+def test_nanosecond_timestamps_are_refused_with_the_way_round(
+    spark: SparkSession, tmp_path: Path, model_path: str
+) -> None:
+    source = tmp_path / "catalogue.parquet"
+    stamps = pa.array([1_514_800_800_123_456_789], pa.timestamp("ns"))  # what pandas writes
+    pq.write_table(pa.table({"title": ["Kit bebê"], "creation_date": stamps}), source)
+    with pytest.raises(
+        JobError, match=r"Illegal Parquet type.*NANOS.*coerce_timestamps='us'.*--engine local"
+    ):
+        spark_engine.run(Job(str(source), str(tmp_path / "scored.parquet"), model_path))
