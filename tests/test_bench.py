@@ -213,6 +213,27 @@ def test_goals_list_every_goal_of_issue_16_met_missed_or_not_measured() -> None:
     assert "80% of the raw HTTP server's" in listed[4]["goal"]
 
 
+def test_each_goal_says_whether_the_raw_server_itself_reaches_it() -> None:
+    # A goal that the server with no model misses in the same run is out of any model's reach.
+    anchor_rows = [service_row(1, 32, 1000.0, 20.0), service_row(100, 32, 200.0, 80.0)]
+    service = [service_row(1, 32, 6_000.0, 9.0), service_row(100, 32, 900.0, 30.0)]
+    raw = [service_row(1, 32, 9_000.0, 2.5), service_row(100, 32, 8_000.0, 2.0)]
+    listed = run.goals(results(service, anchor_rows, raw))
+    # 9x < 10x; 40x >= 5x; no 1,000-title row; p99 2.5 ms > 2 ms; none for the raw goal itself.
+    assert [(g["raw_server"], g["raw_server_meets"]) for g in listed] == [
+        (9.0, False),
+        (40.0, True),
+        (None, None),
+        (2.5, False),
+        (None, None),
+    ]
+    data = {**results(service, anchor_rows, raw), "goals": listed}
+    goal_lines = [line for line in run.markdown(data).splitlines() if line.startswith("- ")]
+    assert goal_lines[0].endswith(": 6; the raw HTTP server, no model: 9, out of reach in this run (missed)")
+    assert goal_lines[1].endswith(": 4.5; the raw HTTP server, no model: 40, within reach (missed)")
+    assert goal_lines[2].endswith(":  (not measured)")
+
+
 def test_a_ratio_goal_with_errors_is_missed() -> None:
     service = [{**service_row(1, 32, 16_000.0, 1.0), "errors": 3}]
     raw = [service_row(1, 32, 20_000.0, 1.0)]
