@@ -25,6 +25,12 @@ class TrainSettings:
     # Rows to sample for a quick run (tests); 0 uses every row.
     sample_rows: int
 
+    @property
+    def model_path(self) -> Path:
+        """Where the ONNX file goes: the notebook's export and the runner's check before
+        the kernel starts both read it here."""
+        return self.artifacts_dir / "model.onnx"
+
     @classmethod
     def from_env(cls, env: Optional[Mapping[str, str]] = None) -> TrainSettings:
         """The settings, or a DatasetError naming the variable whose file is missing."""

@@ -191,7 +191,7 @@ def run(notebook: Path, output: Optional[Path]) -> int:
     except (DatasetError, ValueError) as exc:
         return fail(f"{type(exc).__name__}: {exc}")
     output = output or settings.artifacts_dir / f"{notebook.stem}.executed.ipynb"
-    files = (output, settings.metrics_path, settings.artifacts_dir / "model.onnx")
+    files = (output, settings.metrics_path, settings.model_path)
     blocked = [path for path in files if not _can_create(path)]
     if blocked:  # found now, not after the export has replaced the model
         return fail(

@@ -190,14 +190,19 @@ def test_a_metrics_path_that_cannot_be_written_is_found_before_training(tmp_path
     assert sorted(path.name for path in tmp_path.iterdir()) == ["synthetic.csv", "taken"]
 
 
-def test_a_metrics_path_that_is_a_directory_is_found_before_training(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["metrics", "model"])
+def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path: Path, target: str) -> None:
     dataset = synthetic_dataset(tmp_path / "synthetic.csv")
-    metrics = tmp_path / "metrics.json"
-    metrics.mkdir()
-    done = train_command(tmp_path, DATASET_PATH=str(dataset), METRICS_PATH=str(metrics))
+    artifacts, metrics = tmp_path / "artifacts", tmp_path / "metrics.json"
+    taken = metrics if target == "metrics" else artifacts / "model.onnx"
+    taken.mkdir(parents=True)
+    env = {"DATASET_PATH": str(dataset), "ARTIFACTS_DIR": str(artifacts), "METRICS_PATH": str(metrics)}
+    done = train_command(tmp_path, **env)
     assert done.returncode == 1
-    assert done.stderr.startswith(f"error: cannot write {metrics}: a directory")
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["metrics.json", "synthetic.csv"]
+    assert done.stderr.startswith(f"error: cannot write {taken}: a directory")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(
+        ["synthetic.csv", *(["metrics.json"] if target == "metrics" else ["artifacts", "artifacts/model.onnx"])]
+    )
 
 
 @pytest.mark.parametrize("content", [None, "not a notebook"], ids=["missing", "not-json"])
