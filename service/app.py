@@ -131,7 +131,7 @@ def _unmatched_route(request: web.Request) -> str:
 async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     """The request's ids (X-Request-ID, traceparent) in its log lines and its answer,
     the model version and Server-Timing on every answer, request metrics, and
-    `Connection: close` while draining or when a body was never sent."""
+    `Connection: close` while draining or when a body did not arrive whole."""
     start = time.perf_counter()
     headers = request.headers
     request_id = tracing.request_id(headers.get(tracing.REQUEST_ID_HEADER))
@@ -159,7 +159,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     if state.draining or request.get(handlers.CLOSE_KEY, False):
         # Draining: clients then reconnect for their next request instead of reusing a
         # keep-alive connection that shutdown would close under them. CLOSE_KEY: the
-        # request's body was never sent (see handlers.categorize).
+        # request's body was never sent, or not all of it in time, or not as a valid
+        # chunked body (see handlers): the connection's next bytes are no request.
         response.force_close()
     return response
 

@@ -156,10 +156,14 @@ async def _read_body(
     try:
         return await asyncio.wait_for(_read_chunks(request, scheduler, ticket, limit), timeout)
     except asyncio.TimeoutError:
+        # The rest of the body may still come: on this connection it would be read as
+        # the next request (aiohttp's lingering close reads it as this body's tail).
+        request[CLOSE_KEY] = True
         raise ApiError.body_timeout(timeout) from None
     except ConnectionResetError:  # aiohttp's own disconnect errors subclass it
         raise ApiError.client_gone() from None
     except web.RequestPayloadError as exc:  # e.g. a malformed chunked encoding
+        request[CLOSE_KEY] = True  # where this body ends and the next request starts is lost
         raise ApiError.invalid("body", f"malformed body: {exc}") from None
 
 

@@ -183,14 +183,19 @@ class RequestDecoder:
         self._allowed = _allowed(settings)
 
     def decode(self, body: Union[bytes, bytearray]) -> Batch:
+        # msgspec checks the UTF-8 of the strings it keeps, not of fields it skips or of
+        # keys: the whole body is checked here (an ASCII body needs no decoding).
+        if not body.isascii():
+            try:
+                body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ApiError.invalid("body", "not valid UTF-8") from None
         try:
             request: Any = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
             raise _schema_error(str(exc), self._allowed) from None
         except msgspec.DecodeError as exc:
             raise _syntax_error(body, str(exc)) from None
-        except UnicodeDecodeError:  # msgspec raises it for invalid UTF-8 inside a string
-            raise ApiError.invalid("body", "not valid UTF-8") from None
         except RecursionError:  # msgspec raises it for deep nesting in ignored fields
             raise ApiError.invalid("body", "JSON nested too deeply") from None
         titles: List[str] = []

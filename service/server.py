@@ -19,6 +19,7 @@ import logging
 from typing import Callable, Optional
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from runtime.categorizer import ModelError
 from service.access_log import access_logger, access_logger_class
@@ -37,8 +38,26 @@ class StartupError(Exception):
     """The worker could not start (model, port); the message is one line."""
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse (a bad chunk size, a negative
+    Content-Length, a header line over 8 KiB) as an ERROR with a traceback, as it logs a
+    bug. The fault is the client's, and any client could fill the error log with them:
+    such a line becomes one WARNING, with aiohttp's reason and no traceback. aiohttp
+    still answers 400 and closes the connection."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.msg, record.args = "malformed request refused", ()
+            record.exc_info, record.exc_text = None, None
+            record.reason = " ".join(str(error.message).split())[:200]
+        return True
+
+
 def run_worker(settings: Settings, on_ready: Optional[Callable[[str], None]] = None) -> None:
     """Serves until SIGTERM/SIGINT and a graceful stop; raises StartupError."""
+    logging.getLogger("aiohttp.server").addFilter(MalformedRequests())
     try:
         import uvloop  # optional: plain asyncio works, only slower
     except ImportError:

@@ -122,8 +122,20 @@ async def test_rejects_utf16_body(client: Client, model_labels: Tuple[str, ...])
     await rejects(client, model_labels, body, "body")
 
 
-async def test_rejects_invalid_utf8_in_title(client: Client, model_labels: Tuple[str, ...]) -> None:
-    await rejects(client, model_labels, b'{"products": [{"title": "Cal\xe7a"}]}', "body")
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"products": [{"title": "Cal\xe7a"}]}',
+        b'{"products": [{"title": "Caneca", "note": "\xff\xfe"}]}',  # a field the service ignores
+        b'{"products": [{"title": "Caneca", "\xff": 1}]}',  # a key
+        b'{"products": [{"title": "Caneca"}], "x": "\xc3\x28"}',
+    ],
+    ids=["title", "ignored field", "key", "top level"],
+)
+async def test_rejects_invalid_utf8_anywhere(
+    client: Client, model_labels: Tuple[str, ...], body: bytes
+) -> None:
+    await rejects(client, model_labels, body, "body")
 
 
 @pytest.mark.parametrize("where", ["ignored field", "top level"])
@@ -983,3 +995,13 @@ async def test_rejects_a_body_sent_too_slowly_with_408(
     response = await slow.post(URL, data=dribble())
     await assert_problem(response, 408, "body")
     await assert_still_serves(slow, model_labels)
+
+
+async def test_a_408_closes_its_connection(aiohttp_client: AiohttpClient, settings: Settings) -> None:
+    # The rest of the body may still come: on a kept connection it was read as the
+    # body's tail, and the client's next request answered with a plain-text 400.
+    slow = await aiohttp_client(create_app(dataclasses.replace(settings, body_timeout_seconds=0.2)))
+    head = f"POST {URL} HTTP/1.1\r\nHost: test\r\nContent-Length: 60\r\n\r\n{{".encode()
+    answer = await send_raw(slow, head)
+    assert answer.status_lines[-1].startswith("HTTP/1.1 408")
+    assert answer.headers.get("connection", "").lower() == "close"

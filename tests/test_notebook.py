@@ -201,7 +201,10 @@ def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path: P
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: cannot write {taken}: a directory")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(
-        ["synthetic.csv", *(["metrics.json"] if target == "metrics" else ["artifacts", "artifacts/model.onnx"])]
+        [
+            "synthetic.csv",
+            *(["metrics.json"] if target == "metrics" else ["artifacts", "artifacts/model.onnx"]),
+        ]
     )
 
 
