@@ -77,6 +77,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(str(exc), 2)
     except Refused as exc:
         return _fail(str(exc), 1)
+    except KeyboardInterrupt:  # the with blocks have removed the partial OUTPUT
+        return _fail("stopped (Ctrl-C); OUTPUT was not written", 130)
     finally:
         progress.close()
     print(summary.line(job.output))

@@ -8,18 +8,21 @@ per process are out at once, so memory stays flat whatever the file's size (a pl
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
+import signal
 import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
-from typing import Callable, Deque, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Callable, Deque, Iterator, List, Optional, Sequence, Tuple, TypeVar, cast
 
 import pyarrow as pa
 
 from batch import fields, scoring
 from batch.io import Input, Output, use_jemalloc
-from batch.job import Job, Refused
+from batch.job import Job, JobError, Refused
 from batch.report import Progress, Summary
 
 # Batches handed out per process beyond the one it runs: the next is ready when it ends.
@@ -41,7 +44,7 @@ def run(job: Job, progress: Progress) -> Summary:
     schema = scoring.output_schema(source.schema)
     summary = Summary()
     processes = job.processes or cpu_count()
-    with Output(job.output, schema) as out, _pool(processes) as pool:
+    with Output(job.output, schema) as out, _pool(processes) as pool, _pool_errors():
         # A model that does not load fails here, before any row is read.
         inputs = pool.submit(_model_inputs, job.model).result()
         take = scoring.model_columns(source.schema.names, inputs, job.input)
@@ -98,11 +101,55 @@ def _in_order(
         yield done, future.result()
 
 
-def _pool(processes: int) -> Executor:
+@contextlib.contextmanager
+def _pool(processes: int) -> Iterator[Executor]:
     if processes == 1:
-        return _InProcess()  # no pool to start: small files, tests, debugging
+        yield _InProcess()  # no pool to start: small files, tests, debugging
+        return
     # spawn, not fork: a fork of this process would inherit pyarrow's reader threads.
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    context = multiprocessing.get_context("spawn")
+    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_leave_stops_to_the_parent)
+    try:
+        yield pool
+    except BaseException:
+        _abandon(pool)
+        raise
+    pool.shutdown()
+
+
+def _leave_stops_to_the_parent() -> None:
+    # Ctrl-C and `timeout` signal the whole process group: a scoring process that died
+    # of it would race its parent's own stop with a broken pool (and print a traceback
+    # for Ctrl-C). The parent ends them once its partial OUTPUT is removed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def _abandon(pool: ProcessPoolExecutor) -> None:
+    """Stops a pool without waiting for its work: the job has failed or been stopped.
+
+    A pool whose process died (`timeout` stops the whole process group, the OOM killer
+    one process) never finished shutting down on Python 3.9: the thread that feeds it
+    batches stays blocked writing one into a full pipe that only the dead processes
+    read, and the executor joins that thread, at `shutdown` and again at exit. Closing
+    this process's end of the pipe lets the write fail (the executor ignores that EPIPE)
+    and the thread end. The executor keeps these objects private; tests/test_batch_local.py
+    pins the behaviour."""
+    private = cast(Any, pool)
+    for process in list(private._processes.values()):
+        process.kill()
+    private._call_queue._reader.close()
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _pool_errors() -> Iterator[None]:
+    try:
+        yield
+    except BrokenProcessPool:
+        raise JobError(
+            "a scoring process ended abruptly (killed, or out of memory?); OUTPUT was not written"
+        ) from None
 
 
 def _model_inputs(path: str) -> List[str]:

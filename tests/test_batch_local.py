@@ -3,6 +3,8 @@ leave no OUTPUT behind."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch import cli, io
+from bench import procs
 from runtime.categorizer import Categorizer, Column
 from tests.batch_files import (
     LISTING_KINDS,
@@ -228,23 +231,67 @@ def test_an_output_that_cannot_be_opened_leaves_no_partial_file(
     assert leftovers(tmp_path) == []
 
 
-def test_sigterm_stops_the_job_and_leaves_no_partial_output(
-    tmp_path: Path, test_products: List[Dict[str, str]], model_path: str
+def _writing(directory: Path) -> bool:
+    """Whether scored rows are being written: the pool is up (a stop while its processes
+    start is another case: they fail reading what their parent sent them)."""
+    return any((directory / name).stat().st_size > 64 * 1024 for name in leftovers(directory))
+
+
+def _stop(proc: subprocess.Popen[str], how: str) -> None:
+    if how == "sigterm":
+        proc.send_signal(signal.SIGTERM)
+    elif how == "group sigterm":  # `timeout`: the scoring processes get it too
+        os.killpg(proc.pid, signal.SIGTERM)
+    elif how == "group sigint":  # Ctrl-C on a terminal
+        os.killpg(proc.pid, signal.SIGINT)
+    else:  # one scoring process killed, as the OOM killer does
+        scorers = [pid for pid in procs.children(proc.pid) if "spawn_main" in procs._cmdline(pid)]
+        assert scorers, "no scoring process"
+        os.kill(scorers[0], signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    ("how", "processes", "code", "said"),
+    [
+        ("sigterm", "1", 128 + signal.SIGTERM, ""),
+        # With a pool, the job used to hang in the pool's shutdown, its partial file left.
+        ("group sigterm", "2", 128 + signal.SIGTERM, ""),
+        ("group sigint", "2", 130, "error: stopped (Ctrl-C); OUTPUT was not written\n"),
+        ("scorer killed", "2", 2, "error: a scoring process ended abruptly (killed, or out of memory?); "),
+    ],
+)
+def test_a_stopped_job_ends_and_leaves_no_partial_output(
+    tmp_path: Path,
+    test_products: List[Dict[str, str]],
+    model_path: str,
+    how: str,
+    processes: str,
+    code: int,
+    said: str,
 ) -> None:
     source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
     write_csv(catalogue(test_products, 200_000), source)  # seconds of work
     command = [sys.executable, "score.py", str(source), str(target), "--model", model_path]
-    proc = subprocess.Popen([*command, "--processes", "1"], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*command, "--processes", processes],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 60
-        while not leftovers(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        while not _writing(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert leftovers(tmp_path), "the job never started writing"
-        proc.send_signal(signal.SIGTERM)
+        assert _writing(tmp_path), "the job never started writing"
+        _stop(proc, how)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        proc.kill()
-    assert proc.returncode == 128 + signal.SIGTERM, stderr
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == code, stderr
+    assert stderr.startswith(said), stderr
+    assert stderr.count("\n") == (1 if said else 0), stderr  # one line at most, no traceback
     assert not target.exists()
     assert leftovers(tmp_path) == []
 
