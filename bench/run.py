@@ -380,7 +380,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     if args.table:
-        print(markdown(json.loads(args.table.read_text(encoding="utf-8"))))
+        saved = json.loads(args.table.read_text(encoding="utf-8"))
+        saved["goals"] = goals(saved)  # from the saved rows: a file from before a goal's column gets it
+        print(markdown(saved))
         return 0
     if not wrk.available():
         print(f"error: {wrk.WRK_INSTALL}", file=sys.stderr)

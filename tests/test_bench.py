@@ -244,6 +244,20 @@ def test_a_ratio_goal_with_errors_is_missed() -> None:
     ]
 
 
+def test_the_table_of_a_run_saved_before_the_raw_server_column_gets_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = [service_row(1, 32, 9_000.0, 8.0)]
+    data = results([service_row(1, 32, 6_000.0, 12.0)], [service_row(1, 32, 1000.0, 60.0)], raw)
+    data["goals"] = [{"goal": "an old list", "measured": None, "status": "not measured"}]
+    saved = tmp_path / "old.json"
+    saved.write_text(json.dumps(data), encoding="utf-8")
+    assert run.main(["--table", str(saved)]) == 0
+    goal_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("- ")]
+    assert len(goal_lines) == 5  # the goals of the saved rows, not the saved list
+    assert goal_lines[3].endswith(": 12; the raw HTTP server, no model: 8, out of reach in this run (missed)")
+
+
 def test_the_readme_table_is_made_from_a_saved_run() -> None:
     raw = [service_row(1, 32, 20_000.0, 1.0)]
     data = results([service_row(1, 32, 12_000.0, 3.0)], [service_row(1, 32, 1000.0, 20.0)], raw)

@@ -196,8 +196,9 @@ def test_an_output_path_that_is_a_directory_is_found_before_training(tmp_path: P
     artifacts, metrics = tmp_path / "artifacts", tmp_path / "metrics.json"
     taken = metrics if target == "metrics" else artifacts / "model.onnx"
     taken.mkdir(parents=True)
-    env = {"DATASET_PATH": str(dataset), "ARTIFACTS_DIR": str(artifacts), "METRICS_PATH": str(metrics)}
-    done = train_command(tmp_path, **env)
+    done = train_command(
+        tmp_path, DATASET_PATH=str(dataset), ARTIFACTS_DIR=str(artifacts), METRICS_PATH=str(metrics)
+    )
     assert done.returncode == 1
     assert done.stderr.startswith(f"error: cannot write {taken}: a directory")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == sorted(
