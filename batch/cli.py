@@ -2,8 +2,10 @@
 exit codes and the lines a run prints.
 
 Exit codes: 0 done; 1 --strict found a row without a title or with an invalid listing
-field; 2 INPUT, OUTPUT or the model cannot be used (one `error:` line on stderr, and OUTPUT is not written);
-143 stopped by SIGTERM (OUTPUT is not written either).
+field; 2 INPUT, OUTPUT or the model cannot be used, or a scoring process died (one
+`error:` line on stderr, and OUTPUT is not written); 130 stopped by Ctrl-C (one line too);
+143 stopped by SIGTERM (no line; OUTPUT is not written either). The spark engine's
+failures inside Spark itself (a lost executor, Ctrl-C during a job) are Spark's own.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ per process are out at once, so memory stays flat whatever the file's size (a pl
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
+import sys
 import time
 from collections import deque
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -27,6 +29,11 @@ from batch.report import Progress, Summary
 
 # Batches handed out per process beyond the one it runs: the next is ready when it ends.
 IN_FLIGHT_PER_PROCESS = 2
+# The signals that stop a job: the parent's to act on, never a scoring process's.
+_STOPS = {signal.SIGINT, signal.SIGTERM}
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# Longest a stopped job waits for its pool's manager thread to end.
+ABANDON_SECONDS = 10.0
 
 _T = TypeVar("_T")
 
@@ -108,7 +115,7 @@ def _pool(processes: int) -> Iterator[Executor]:
         return
     # spawn, not fork: a fork of this process would inherit pyarrow's reader threads.
     context = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(processes, mp_context=context, initializer=_leave_stops_to_the_parent)
+    pool = _ScoringPool(processes, mp_context=context, initializer=_scorer_start, initargs=(os.getpid(),))
     try:
         yield pool
     except BaseException:
@@ -117,21 +124,49 @@ def _pool(processes: int) -> Iterator[Executor]:
     pool.shutdown()
 
 
-def _leave_stops_to_the_parent() -> None:
-    # Ctrl-C and `timeout` signal the whole process group: a scoring process that died
-    # of it would race its parent's own stop with a broken pool (and print a traceback
-    # for Ctrl-C). The parent ends them once its partial OUTPUT is removed.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+class _ScoringPool(ProcessPoolExecutor):
+    """A process pool whose scoring processes leave stops to this one (_stops_held)."""
+
+    def submit(self, fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> Future[_T]:
+        with _stops_held():  # a submit may start a scoring process
+            return super().submit(fn, *args, **kwargs)
 
 
-def _abandon(pool: ProcessPoolExecutor) -> None:
+@contextlib.contextmanager
+def _stops_held() -> Iterator[None]:
+    """Ctrl-C and `timeout` signal the whole process group, the scoring processes with
+    it; one that died of it would race its parent's own stop with a broken pool, and
+    print a traceback for Ctrl-C. A scoring process starts in a submit: it inherits this
+    thread's blocked signals, and ignores them (_scorer_start) before unblocking them. In
+    this process they are only held until the submit returns."""
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _scorer_start(parent: int) -> None:
+    """A scoring process's initializer: stops are its parent's to act on (_stops_held),
+    and it dies with its parent."""
+    for stop in _STOPS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    if sys.platform.startswith("linux"):
+        # Ignoring SIGTERM, it would outlive a parent killed with SIGKILL (the OOM
+        # killer), blocked on its queue: the kernel kills it when the parent dies.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before that
+        os._exit(1)
+
+
+def _abandon(pool: _ScoringPool) -> None:
     """Stops a pool without waiting for its work: the job has failed or been stopped.
 
-    A pool whose process died (`timeout` stops the whole process group, the OOM killer
-    one process) never finished shutting down on Python 3.9: the thread that feeds it
-    batches stays blocked writing one into a full pipe that only the dead processes
-    read, and the executor joins that thread, at `shutdown` and again at exit. Closing
+    A pool whose processes died (killed here, or one by the OOM killer) never finished
+    shutting down on Python 3.9: the thread that feeds it batches stays blocked writing
+    one into a full pipe that only the dead processes read, and the executor joins that
+    thread, at `shutdown` and again at exit. Closing
     this process's end of the pipe lets the write fail (the executor ignores that EPIPE)
     and the thread end. The executor keeps these objects private; tests/test_batch_local.py
     pins the behaviour."""
@@ -139,7 +174,13 @@ def _abandon(pool: ProcessPoolExecutor) -> None:
     for process in list(private._processes.values()):
         process.kill()
     private._call_queue._reader.close()
+    manager = private._executor_manager_thread  # None until the first submit
     pool.shutdown(wait=False, cancel_futures=True)
+    if manager is not None:
+        # Its own clean-up (joining the feeder, closing its wake-up pipe) raced the
+        # executor's exit hook, which wrote to that pipe ("Exception ignored in
+        # threading._shutdown"). Bounded: a pool must not keep a stopped job alive.
+        manager.join(ABANDON_SECONDS)
 
 
 @contextlib.contextmanager

@@ -249,7 +249,11 @@ def report(summary: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.load",
+        description=__doc__,  # the whole of it: the README points to the overload scenario here
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("url", help="e.g. http://localhost:8080/v1/categorize")
     parser.add_argument("--titles", type=int, default=1, help="products per request (default 1)")
     parser.add_argument(

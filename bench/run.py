@@ -255,7 +255,7 @@ def goals(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         row = _same_settings(n, c, result["service"])
         goal = _ratio_goal(text, row, row.get("vs_anchor") if row else None, multiple)
         raw = _same_settings(n, c, result["raw_http"])
-        raw_ratio = _ratio(raw, result["anchor"]) if raw else None
+        raw_ratio = _ratio(raw, result["anchor"]) if raw and raw["errors"] == 0 else None
         out.append(_raw_server(goal, raw_ratio, None if raw_ratio is None else raw_ratio >= multiple))
     n, c, share = P99_GOAL
     text = f"{n} title/request, {c} conns: p99 <= {share:g} x the anchor's p99"
@@ -267,7 +267,9 @@ def goals(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         limit = share * reference["p99_ms"]
         goal = _goal(f"{text} ({limit:.3g} ms)", row["p99_ms"], row["p99_ms"] <= limit)
         raw = _same_settings(n, c, result["raw_http"])
-        out.append(_raw_server(goal, raw["p99_ms"], raw["p99_ms"] <= limit) if raw else goal)
+        if raw is not None and raw["errors"] == 0:  # a raw row with errors shows no reach
+            goal = _raw_server(goal, raw["p99_ms"], raw["p99_ms"] <= limit)
+        out.append(goal)
     n, c, share = RAW_GOAL
     text = f"{n} title/request, {c} conns: req/s >= {share:.0%} of the raw HTTP server's (same processes)"
     row = _same_settings(n, c, result["service"])

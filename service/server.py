@@ -52,6 +52,8 @@ class MalformedRequests(logging.Filter):
             record.msg, record.args = "malformed request refused", ()
             record.exc_info, record.exc_text = None, None
             record.reason = " ".join(str(error.message).split())[:200]
+            # Its logger let the ERROR through; at LOG_LEVEL=ERROR the WARNING must not pass.
+            return logging.getLogger(record.name).isEnabledFor(logging.WARNING)
         return True
 
 

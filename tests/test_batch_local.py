@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -231,6 +231,50 @@ def test_an_output_that_cannot_be_opened_leaves_no_partial_file(
     assert leftovers(tmp_path) == []
 
 
+def test_scoring_processes_die_with_their_parent(
+    tmp_path: Path, test_products: List[Dict[str, str]], model_path: str
+) -> None:
+    # They ignore SIGTERM (the parent's to act on): killed with SIGKILL, the parent
+    # left them blocked on their queue for good.
+    proc = _start_job(tmp_path, test_products, model_path, "2")
+    try:
+        _wait_for(tmp_path, proc, _writing)
+        scorers = _scorers(proc)
+        assert len(scorers) == 2
+        proc.kill()
+        proc.communicate(timeout=60)
+        deadline = time.monotonic() + 10
+        while any(map(_alive, scorers)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_alive, scorers))
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _scorers(proc: subprocess.Popen[str]) -> List[int]:
+    return [pid for pid in procs.children(proc.pid) if "spawn_main" in procs._cmdline(pid)]
+
+
+def _scorer_importing(proc: subprocess.Popen[str]) -> bool:
+    """Whether a scoring process has Python's own Ctrl-C handler: its interpreter is up
+    and it imports what its parent sent, before the pool's initializer has run."""
+    for pid in _scorers(proc):
+        with contextlib.suppress(OSError):
+            status = Path(f"/proc/{pid}/status").read_text()
+            caught = int(status.split("SigCgt:")[1].split()[0], 16)
+            if caught & (1 << (signal.SIGINT - 1)):
+                return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (state Z) is dead: only its exit status is left, for a reaper
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _writing(directory: Path) -> bool:
     """Whether scored rows are being written: the pool is up (a stop while its processes
     start is another case: they fail reading what their parent sent them)."""
@@ -245,19 +289,52 @@ def _stop(proc: subprocess.Popen[str], how: str) -> None:
     elif how == "group sigint":  # Ctrl-C on a terminal
         os.killpg(proc.pid, signal.SIGINT)
     else:  # one scoring process killed, as the OOM killer does
-        scorers = [pid for pid in procs.children(proc.pid) if "spawn_main" in procs._cmdline(pid)]
+        scorers = _scorers(proc)
         assert scorers, "no scoring process"
         os.kill(scorers[0], signal.SIGKILL)
 
 
+STOPPED_BY_CTRL_C = "error: stopped (Ctrl-C); OUTPUT was not written\n"
+
+
+def _start_job(
+    tmp_path: Path, test_products: List[Dict[str, str]], model_path: str, processes: str
+) -> subprocess.Popen[str]:
+    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
+    write_csv(catalogue(test_products, 200_000), source)  # seconds of work
+    command = [sys.executable, "score.py", str(source), str(target), "--model", model_path]
+    return subprocess.Popen(
+        [*command, "--processes", processes],
+        cwd=ROOT,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for(tmp_path: Path, proc: subprocess.Popen[str], ready: Callable[[Path], bool]) -> None:
+    deadline = time.monotonic() + 60
+    while not ready(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ready(tmp_path), "the job never got there"
+
+
 @pytest.mark.parametrize(
-    ("how", "processes", "code", "said"),
+    ("how", "processes", "code", "said", "when"),
     [
-        ("sigterm", "1", 128 + signal.SIGTERM, ""),
+        ("sigterm", "1", 128 + signal.SIGTERM, "", "writing"),
         # With a pool, the job used to hang in the pool's shutdown, its partial file left.
-        ("group sigterm", "2", 128 + signal.SIGTERM, ""),
-        ("group sigint", "2", 130, "error: stopped (Ctrl-C); OUTPUT was not written\n"),
-        ("scorer killed", "2", 2, "error: a scoring process ended abruptly (killed, or out of memory?); "),
+        ("group sigterm", "2", 128 + signal.SIGTERM, "", "writing"),
+        ("group sigint", "2", 130, STOPPED_BY_CTRL_C, "writing"),
+        # While the scoring processes start: they used to print their own tracebacks.
+        ("group sigint", "2", 130, STOPPED_BY_CTRL_C, "starting"),
+        (
+            "scorer killed",
+            "2",
+            2,
+            "error: a scoring process ended abruptly (killed, or out of memory?); ",
+            "writing",
+        ),
     ],
 )
 def test_a_stopped_job_ends_and_leaves_no_partial_output(
@@ -268,22 +345,12 @@ def test_a_stopped_job_ends_and_leaves_no_partial_output(
     processes: str,
     code: int,
     said: str,
+    when: str,
 ) -> None:
-    source, target = tmp_path / "catalogue.csv", tmp_path / "scored.csv"
-    write_csv(catalogue(test_products, 200_000), source)  # seconds of work
-    command = [sys.executable, "score.py", str(source), str(target), "--model", model_path]
-    proc = subprocess.Popen(
-        [*command, "--processes", processes],
-        cwd=ROOT,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
+    proc = _start_job(tmp_path, test_products, model_path, processes)
+    target = tmp_path / "scored.csv"
     try:
-        deadline = time.monotonic() + 60
-        while not _writing(tmp_path) and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert _writing(tmp_path), "the job never started writing"
+        _wait_for(tmp_path, proc, _writing if when == "writing" else lambda _: _scorer_importing(proc))
         _stop(proc, how)
         _, stderr = proc.communicate(timeout=60)
     finally:

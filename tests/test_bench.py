@@ -192,6 +192,8 @@ def results(
     for row in service:
         row.setdefault("errors", 0)
         row["vs_anchor"] = run._ratio(row, anchor_rows)
+    for row in raw:
+        row.setdefault("errors", 0)
     return {"service": service, "anchor": anchor_rows, "raw_http": raw}
 
 
@@ -228,6 +230,8 @@ def test_each_goal_says_whether_the_raw_server_itself_reaches_it() -> None:
         (None, None),
     ]
     data = {**results(service, anchor_rows, raw), "goals": listed}
+    raw[0]["errors"] = 5  # a raw row with errors says nothing of reach
+    assert [g["raw_server"] for g in run.goals(results(service, anchor_rows, raw))][::3] == [None, None]
     goal_lines = [line for line in run.markdown(data).splitlines() if line.startswith("- ")]
     assert goal_lines[0].endswith(": 6; the raw HTTP server, no model: 9, out of reach in this run (missed)")
     assert goal_lines[1].endswith(": 4.5; the raw HTTP server, no model: 40, within reach (missed)")
