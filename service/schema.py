@@ -6,6 +6,7 @@ runtime, and the limits inside them come from the settings (a closure), which st
 annotations could not see.
 """
 
+import codecs
 import json
 import operator
 import re
@@ -37,6 +38,8 @@ from service.tracing import (
 # them anyway), this only finds which field held one for the error message.
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
+# Bytes of a body checked for UTF-8 at a time (see _is_utf8).
+_UTF8_SLICE_BYTES = 64 * 1024
 _ERROR_PATH = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.DOTALL)
 _MISSING_FIELD = re.compile(r"^Object missing required field `(?P<name>[^`]+)`$")
 _PRODUCT_FIELD = re.compile(r"^products\[\d+\]\.(?P<name>\w+)$")
@@ -184,12 +187,9 @@ class RequestDecoder:
 
     def decode(self, body: Union[bytes, bytearray]) -> Batch:
         # msgspec checks the UTF-8 of the strings it keeps, not of fields it skips or of
-        # keys: the whole body is checked here (an ASCII body needs no decoding).
-        if not body.isascii():
-            try:
-                body.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ApiError.invalid("body", "not valid UTF-8") from None
+        # keys: the whole body is checked here.
+        if not _is_utf8(body):
+            raise ApiError.invalid("body", "not valid UTF-8")
         try:
             request: Any = self._decoder.decode(body)
         except msgspec.ValidationError as exc:
@@ -268,6 +268,26 @@ def _sentence_case(text: str) -> str:
     if text[1:2].isupper():
         return text
     return text[:1].lower() + text[1:]
+
+
+def _is_utf8(body: Union[bytes, bytearray]) -> bool:
+    """Whether the body is valid UTF-8. An ASCII body needs no decoding; a big one is
+    decoded a slice at a time, since a whole 4 MiB body with one emoji in it would be a
+    16 MiB str (four bytes a character) for nothing."""
+    if body.isascii():
+        return True
+    try:
+        if len(body) <= _UTF8_SLICE_BYTES:  # the usual request: one decode, no decoder to make
+            body.decode("utf-8")
+            return True
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        view = memoryview(body)
+        for start in range(0, len(view), _UTF8_SLICE_BYTES):
+            decoder.decode(view[start : start + _UTF8_SLICE_BYTES])
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _surrogate_field(body: Union[bytes, bytearray]) -> Optional[str]:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List
 
 import pytest
 
+from service import schema
 from service.errors import ApiError
 from service.schema import RequestDecoder
 from service.settings import Settings
@@ -232,3 +233,20 @@ def test_listing_limits_come_from_the_settings() -> None:
     with pytest.raises(ApiError) as info:
         decoder.decode(b'{"products": [{"title": "a", "weight": 21}]}')
     assert info.value.detail == "products[0].weight: expected a number from 0 to 20.5, or null"
+
+
+@pytest.mark.parametrize(
+    ("body", "valid"),
+    [
+        (b'{"a": "plain ascii"}', True),
+        ('{"a": "Caneca bebê 😀"}'.encode(), True),
+        # A character cut by a slice's edge is whole again in the next slice.
+        (b" " * (schema._UTF8_SLICE_BYTES - 1) + "é😀".encode() * 3, True),
+        (b" " * schema._UTF8_SLICE_BYTES * 2 + b"\xff", False),
+        (b" " * (schema._UTF8_SLICE_BYTES - 1) + "é".encode()[:1], False),  # cut short at the end
+        (b"\xed\xa0\x80", False),  # a surrogate encoded as UTF-8 (CESU-8) is not UTF-8
+    ],
+)
+def test_utf8_is_checked_slice_by_slice(body: bytes, valid: bool) -> None:
+    assert schema._is_utf8(body) == valid
+    assert schema._is_utf8(bytearray(body)) == valid
