@@ -248,8 +248,7 @@ def test_scoring_processes_die_with_their_parent(
             time.sleep(0.05)
         assert not any(map(_alive, scorers))
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _end(proc)
 
 
 def _scorers(proc: subprocess.Popen[str]) -> List[int]:
@@ -297,6 +296,21 @@ def _stop(proc: subprocess.Popen[str], how: str) -> None:
 STOPPED_BY_CTRL_C = "error: stopped (Ctrl-C); OUTPUT was not written\n"
 
 
+def _end(proc: subprocess.Popen[str]) -> None:
+    """Whatever the test found: the job's process group killed, reaped, its pipe closed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    if proc.stderr is not None:
+        proc.stderr.close()
+
+
+def _default_stops() -> None:
+    # A shell runs a background job (a CI script started with `&`) with SIGINT ignored,
+    # and the job would inherit that: Ctrl-C must reach it as it does from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_job(
     tmp_path: Path, test_products: List[Dict[str, str]], model_path: str, processes: str
 ) -> subprocess.Popen[str]:
@@ -309,6 +323,7 @@ def _start_job(
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=_default_stops,
     )
 
 
@@ -354,8 +369,7 @@ def test_a_stopped_job_ends_and_leaves_no_partial_output(
         _stop(proc, how)
         _, stderr = proc.communicate(timeout=60)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _end(proc)
     assert proc.returncode == code, stderr
     assert stderr.startswith(said), stderr
     assert stderr.count("\n") == (1 if said else 0), stderr  # one line at most, no traceback
