@@ -1,10 +1,10 @@
 """Modelling: hashed text features, tf-idf with occurrence l2 norms per block, the
 listing fields' tokens beside them, SGD logistic regression.
 
-Two heads share the features: one scores products sent without tags, the
-other products sent with them (see heads). Each product may come with or
-without its listing fields (sklearn_twin.Fields); without them, the fields'
-block is empty and the text alone decides.
+Four heads share the features: one scores products sent without tags, one
+products sent with them, and a twin of each, trained with the listing fields
+too, scores the products that come with a field it can use (see heads). Without
+fields, the fields' block is empty and the text alone decides.
 """
 
 from __future__ import annotations
