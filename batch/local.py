@@ -173,7 +173,10 @@ def _abandon(pool: _ScoringPool) -> None:
     private = cast(Any, pool)
     for process in list(private._processes.values()):
         process.kill()
-    private._call_queue._reader.close()
+    if not hasattr(private._call_queue, "_terminate_broken"):
+        # Newer Pythons close that end themselves once the pool is broken (CPython
+        # gh-94777): closing it here too raced their manager thread (EBADF).
+        private._call_queue._reader.close()
     manager = private._executor_manager_thread  # None until the first submit
     pool.shutdown(wait=False, cancel_futures=True)
     if manager is not None:
