@@ -231,6 +231,13 @@ def _raw_server(goal: Dict[str, Any], figure: Optional[float], meets: Optional[b
     return goal
 
 
+def _clean_raw_row(titles: int, connections: int, result: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """The raw server's row at these settings, if it ran there without errors: a row
+    with errors says nothing of what is within reach."""
+    raw = _same_settings(titles, connections, result["raw_http"])
+    return raw if raw is not None and raw["errors"] == 0 else None
+
+
 def _reach(goal: Dict[str, Any]) -> str:
     if goal.get("raw_server_meets") is None:
         return ""
@@ -254,8 +261,8 @@ def goals(result: Dict[str, Any]) -> List[Dict[str, Any]]:
         text = f"{n} title(s)/request, {c} conns: req/s >= {multiple:g}x the anchor's"
         row = _same_settings(n, c, result["service"])
         goal = _ratio_goal(text, row, row.get("vs_anchor") if row else None, multiple)
-        raw = _same_settings(n, c, result["raw_http"])
-        raw_ratio = _ratio(raw, result["anchor"]) if raw and raw["errors"] == 0 else None
+        raw = _clean_raw_row(n, c, result)
+        raw_ratio = _ratio(raw, result["anchor"]) if raw else None
         out.append(_raw_server(goal, raw_ratio, None if raw_ratio is None else raw_ratio >= multiple))
     n, c, share = P99_GOAL
     text = f"{n} title/request, {c} conns: p99 <= {share:g} x the anchor's p99"
@@ -266,8 +273,8 @@ def goals(result: Dict[str, Any]) -> List[Dict[str, Any]]:
     else:
         limit = share * reference["p99_ms"]
         goal = _goal(f"{text} ({limit:.3g} ms)", row["p99_ms"], row["p99_ms"] <= limit)
-        raw = _same_settings(n, c, result["raw_http"])
-        if raw is not None and raw["errors"] == 0:  # a raw row with errors shows no reach
+        raw = _clean_raw_row(n, c, result)
+        if raw is not None:
             goal = _raw_server(goal, raw["p99_ms"], raw["p99_ms"] <= limit)
         out.append(goal)
     n, c, share = RAW_GOAL
