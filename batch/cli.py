@@ -88,6 +88,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _run(job: Job, engine: str, progress: Progress) -> Summary:
+    job.refuse_input_as_output()
     if engine == "spark":
         from batch import spark  # pyspark is imported only when it is used
 

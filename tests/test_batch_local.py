@@ -171,6 +171,25 @@ def test_an_unusable_input_fails_with_one_line_and_no_output(
     assert leftovers(tmp_path) == []
 
 
+@pytest.mark.parametrize("engine", ["local", "spark"])
+@pytest.mark.parametrize("how", ["same path", "a link to it"])
+def test_an_output_that_names_the_input_is_refused_and_the_input_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str, engine: str, how: str
+) -> None:
+    source = tmp_path / "catalogue.csv"
+    source.write_text("title\nCaneca azul\n")
+    target = source
+    if how == "a link to it":
+        target = tmp_path / "scored.csv"
+        target.symlink_to(source)
+    code, out, err = run(capsys, str(source), str(target), "--model", model_path, "--engine", engine)
+    assert code == 2
+    assert out == ""
+    assert err == f"error: OUTPUT {target} is INPUT {source}; name another file\n"
+    assert source.read_text() == "title\nCaneca azul\n"
+    assert leftovers(tmp_path) == []
+
+
 def test_a_title_that_is_not_utf8_fails_with_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str
 ) -> None:
