@@ -84,6 +84,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m bench.anchor_quality", description=__doc__.splitlines()[0]
     )
+    add_arguments(parser)
+    parser.add_argument("--model", nargs="+", choices=anchor.MODELS, default=list(anchor.MODELS))
+    args = parser.parse_args(argv)
+    result = measure(anchor.dataset_path(), args.folds, args.model)
+    report(table(result, args.model), result, args.json)
+    return 0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """--folds and --json, as every measure of held-out quality here takes them."""
     parser.add_argument(
         "--folds",
         type=int,
@@ -91,14 +101,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         choices=range(1, validation.N_FOLDS + 1),
         help=f"folds to average (default {validation.N_FOLDS})",
     )
-    parser.add_argument("--model", nargs="+", choices=anchor.MODELS, default=list(anchor.MODELS))
     parser.add_argument("--json", type=Path, help="also write the figures here")
-    args = parser.parse_args(argv)
-    result = measure(anchor.dataset_path(), args.folds, args.model)
-    print(table(result, args.model))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0
+
+
+def report(text: str, result: Dict[str, Any], json_path: Optional[Path]) -> None:
+    """The table on stdout; the figures in `json_path` too, when given."""
+    print(text)
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

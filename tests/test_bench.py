@@ -316,6 +316,33 @@ def test_anchor_quality_scores_held_out_groups_and_never_trains_on_the_public_fi
     assert "word-only TF-IDF + LR" in anchor_quality.table(result, ["word"])
 
 
+def test_reference_quality_reads_the_fields_only_in_the_views_that_send_them(tmp_path: Path) -> None:
+    import numpy as np
+    import pandas as pd
+
+    from bench import reference_quality
+    from categorizer.data import CATEGORIES
+    from tests.test_notebook import synthetic_dataset
+
+    # Titles and tags shared by every category: only the seller (three per category)
+    # and the price tell them apart.
+    path = synthetic_dataset(tmp_path / "train.csv")
+    rows = pd.read_csv(path)
+    rng = np.random.default_rng(0)
+    rows["title"] = [f"produto {w}" for w in rng.choice(["azul", "lindo", "kit", "novo"], len(rows))]
+    rows["concatenated_tags"] = "presente"
+    place = rows["category"].map({c: i for i, c in enumerate(CATEGORIES)})
+    rows["seller_id"] = place * 3 + rng.integers(0, 3, len(rows))
+    rows["price"] = 2.0 ** (place * 2)
+    rows.to_csv(path, index=False)
+    result = reference_quality.measure(path, 2)
+    for name in ("title_and_fields", "title_tags_and_fields"):
+        assert result[name] == {"folds": [1.0, 1.0], "mean": 1.0}
+    for name in ("title_only", "title_and_tags"):
+        assert result[name]["mean"] < 0.5
+    assert reference_quality.table(result).splitlines()[1].startswith("title_only ")
+
+
 def test_stage_profile_accounts_for_every_stage(tmp_path: Path) -> None:
     from bench import stages
     from categorizer import export
