@@ -53,6 +53,12 @@ class TrainConfig:
     # prepare.training_examples): teaches the model callers who send some fields,
     # and sellers it never saw.
     field_dropout: float = 0.1
+    # Share of the tags head's twin's weights taken from a second fit on its views
+    # with fields alone (the first also reads the views without): a second opinion
+    # that leans more on the fields, averaged in. The title head's twin takes none:
+    # there it cost twice the new lines for no gain (see docs/decisions.md, 'The tags
+    # twin mixed with a fit on its views with fields alone').
+    fields_only_share: float = 0.3
 
 
 @dataclass
@@ -207,7 +213,10 @@ def fit(rows: pd.DataFrame, spec: FeatureSpec, config: TrainConfig = DEFAULT_CON
         plain_counts = counts[_rows(row_of, plain)]
         tfidf = OccurrenceTfidf(spec.block_width, smooth_idf=True).fit(plain_counts)
         fitted[head] = _fit_sgd(config, tfidf, plain_counts, fields, plain)
-        fitted[head + WITH_FIELDS] = _fit_sgd(config, tfidf, counts[_rows(row_of, full)], fields, full)
+        share = config.fields_only_share if head == TAGS_HEAD else 0.0
+        fitted[head + WITH_FIELDS] = _fit_twin(
+            config, share, tfidf, counts[_rows(row_of, full)], fields, full
+        )
         # Score with exactly the weights the ONNX file stores (see weights.round_weights).
         tfidf.idf_ = round_weights(tfidf.idf_, fitted[head].coef_)[0]
         for sgd in (fitted[head], fitted[head + WITH_FIELDS]):
@@ -231,6 +240,30 @@ def _fit_sgd(
     sgd = classifier(config)
     design = sp.hstack([tfidf.transform(counts), fields.transform(examples.fields)], format="csr")
     sgd.fit(design, examples.target, sample_weight=examples.weights)
+    return sgd
+
+
+def _fit_twin(
+    config: TrainConfig,
+    share: float,
+    tfidf: OccurrenceTfidf,
+    counts: sp.csr_matrix,
+    fields: FieldTokens,
+    examples: prepare.Examples,
+) -> SGDClassifier:
+    """A head with fields: SGD on all its examples, its weights mixed with those of SGD
+    on its views with fields alone, `share` of them from the second.
+
+    Both read the same features, so the mixed weights score a product as the two fits'
+    scores mixed would: one head in the file, the serving graph unchanged.
+    """
+    sgd = _fit_sgd(config, tfidf, counts, fields, examples)
+    if share == 0:
+        return sgd
+    views = np.flatnonzero(examples.field_view)
+    alone = _fit_sgd(config, tfidf, counts[views], fields, examples.take(views))
+    sgd.coef_ = (1 - share) * sgd.coef_ + share * alone.coef_
+    sgd.intercept_ = (1 - share) * sgd.intercept_ + share * alone.intercept_
     return sgd
 
 

@@ -144,6 +144,16 @@ class Examples(NamedTuple):
     weights: np.ndarray
     field_view: np.ndarray
 
+    def take(self, rows: np.ndarray) -> Examples:
+        """These examples' rows `rows`, in that order."""
+        return Examples(
+            [self.docs[i] for i in rows],
+            self.fields.take(rows.tolist()),
+            self.target[rows],
+            self.weights[rows],
+            self.field_view[rows],
+        )
+
     def then(self, other: Examples) -> Examples:
         """These examples, then `other`'s."""
         return Examples(

@@ -8,10 +8,18 @@ import pytest
 import scipy.sparse as sp
 
 from categorizer.features import FeatureSpec
-from categorizer.heads import FIELD_HEADS, TAGS_HEAD, TEXT_HEADS, TITLE_HEAD
+from categorizer.heads import (
+    FIELD_HEADS,
+    TAGS_FIELDS_HEAD,
+    TAGS_HEAD,
+    TEXT_HEADS,
+    TITLE_FIELDS_HEAD,
+    TITLE_HEAD,
+)
 from categorizer.model import TrainConfig, fit
 from categorizer.prepare import clean, seller_ids, training_examples
 from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
+from categorizer.weights import COEF_BITS
 
 
 def fitted(idf: list[float], block_width: int) -> OccurrenceTfidf:
@@ -189,6 +197,32 @@ def test_the_heads_without_fields_are_trained_as_if_the_fields_did_not_exist() -
     for head in FIELD_HEADS:
         assert model.heads[head].sgd.coef_[:, width:].any()
     assert model.fields.sellers_ == ("100", "101", "102", "103")
+
+
+def test_the_tags_twin_mixes_in_a_fit_on_its_views_with_fields_alone() -> None:
+    spec = FeatureSpec(n_features=2**10)
+    listings = small_listings()
+    by_share = {
+        share: fit(listings, spec, TrainConfig(max_iter=5, fields_only_share=share)) for share in (0, 0.3, 1)
+    }
+    plain, mixed, alone = by_share[0], by_share[0.3], by_share[1]
+    for head in (*TEXT_HEADS, TITLE_FIELDS_HEAD):  # the share is the tags twin's alone
+        np.testing.assert_array_equal(mixed.heads[head].sgd.coef_, plain.heads[head].sgd.coef_)
+        np.testing.assert_array_equal(alone.heads[head].sgd.coef_, plain.heads[head].sgd.coef_)
+    ends = [model.heads[TAGS_FIELDS_HEAD].sgd for model in (plain, alone)]
+    assert not np.allclose(ends[0].coef_, ends[1].coef_)
+    np.testing.assert_allclose(
+        mixed.heads[TAGS_FIELDS_HEAD].sgd.intercept_,
+        0.7 * ends[0].intercept_ + 0.3 * ends[1].intercept_,
+        rtol=1e-12,
+    )
+    # The file's grid rounds each fit's coefficients and the mix, not the intercepts:
+    # each rounding is within 2**-COEF_BITS of what it rounds.
+    expected = 0.7 * ends[0].coef_ + 0.3 * ends[1].coef_
+    scale = 0.7 * np.abs(ends[0].coef_) + 0.3 * np.abs(ends[1].coef_)
+    assert (
+        np.abs(mixed.heads[TAGS_FIELDS_HEAD].sgd.coef_ - expected) <= 2.0 ** (2 - COEF_BITS) * scale
+    ).all()
 
 
 def test_seller_ids_read_as_every_caller_sends_them() -> None:
