@@ -60,6 +60,10 @@ class TrainConfig:
     # twin mixed with a fit on its views with fields alone').
     fields_only_share: float = 0.3
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.fields_only_share <= 1.0:
+            raise ValueError(f"fields_only_share is a share, from 0 to 1, got {self.fields_only_share}")
+
 
 @dataclass
 class Head:
@@ -258,10 +262,12 @@ def _fit_twin(
     scores mixed would: one head in the file, the serving graph unchanged.
     """
     sgd = _fit_sgd(config, tfidf, counts, fields, examples)
-    if share == 0:
-        return sgd
     views = np.flatnonzero(examples.field_view)
+    if share == 0 or not views.size:  # fields_weight 0: no views with fields to fit
+        return sgd
     alone = _fit_sgd(config, tfidf, counts[views], fields, examples.take(views))
+    if not np.array_equal(sgd.classes_, alone.classes_):  # else the weights would broadcast
+        raise ValueError(f"the views with fields hold classes {alone.classes_}, all examples {sgd.classes_}")
     sgd.coef_ = (1 - share) * sgd.coef_ + share * alone.coef_
     sgd.intercept_ = (1 - share) * sgd.intercept_ + share * alone.intercept_
     return sgd

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Dict, Hashable, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -144,14 +144,15 @@ class Examples(NamedTuple):
     weights: np.ndarray
     field_view: np.ndarray
 
-    def take(self, rows: np.ndarray) -> Examples:
+    def take(self, rows: Union[Sequence[int], np.ndarray]) -> Examples:
         """These examples' rows `rows`, in that order."""
+        index = np.asarray(rows, dtype=np.intp)
         return Examples(
-            [self.docs[i] for i in rows],
-            self.fields.take(rows.tolist()),
-            self.target[rows],
-            self.weights[rows],
-            self.field_view[rows],
+            [self.docs[i] for i in index],
+            self.fields.take(index.tolist()),
+            self.target[index],
+            self.weights[index],
+            self.field_view[index],
         )
 
     def then(self, other: Examples) -> Examples:

@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from sklearn.linear_model import SGDClassifier
 
+from categorizer import model as model_module
 from categorizer.features import FeatureSpec
 from categorizer.heads import (
     FIELD_HEADS,
@@ -15,10 +17,11 @@ from categorizer.heads import (
     TEXT_HEADS,
     TITLE_FIELDS_HEAD,
     TITLE_HEAD,
+    WITH_FIELDS,
 )
 from categorizer.model import TrainConfig, fit
-from categorizer.prepare import clean, seller_ids, training_examples
-from categorizer.sklearn_twin import NgramCounts, OccurrenceTfidf, head_choice
+from categorizer.prepare import Examples, clean, seller_ids, training_examples
+from categorizer.sklearn_twin import FieldTokens, NgramCounts, OccurrenceTfidf, head_choice
 from categorizer.weights import COEF_BITS
 
 
@@ -223,6 +226,60 @@ def test_the_tags_twin_mixes_in_a_fit_on_its_views_with_fields_alone() -> None:
     assert (
         np.abs(mixed.heads[TAGS_FIELDS_HEAD].sgd.coef_ - expected) <= 2.0 ** (2 - COEF_BITS) * scale
     ).all()
+
+
+def test_taking_examples_keeps_each_one_whole() -> None:
+    examples = training_examples(listing_rows(), query_weight=0.5, fields_weight=0.8)
+    taken = examples.take([9, 0, 8])
+    assert taken.docs == [examples.docs[9], examples.docs[0], examples.docs[8]]
+    assert taken.fields.sellers == (examples.fields.sellers[9], "", examples.fields.sellers[8])
+    np.testing.assert_array_equal(taken.fields.numbers, examples.fields.numbers[[9, 0, 8]])
+    assert taken.target.tolist() == examples.target[[9, 0, 8]].tolist()
+    assert taken.weights.tolist() == [0.8, 1.0, 0.8]
+    assert taken.field_view.tolist() == [True, False, True]
+
+
+def test_the_second_fit_reads_the_twins_views_with_fields_and_nothing_else(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: list[Examples] = []
+    real = model_module._fit_sgd
+
+    def recording(
+        config: TrainConfig,
+        tfidf: OccurrenceTfidf,
+        counts: sp.csr_matrix,
+        fields: FieldTokens,
+        examples: Examples,
+    ) -> SGDClassifier:
+        assert counts.shape[0] == len(examples.docs)
+        seen.append(examples)
+        return real(config, tfidf, counts, fields, examples)
+
+    monkeypatch.setattr(model_module, "_fit_sgd", recording)
+    listings = small_listings()
+    config = TrainConfig(max_iter=5)
+    fit(listings, FeatureSpec(n_features=2**10), config)
+    # Title head, its twin, tags head, its twin, then the tags twin's views with fields.
+    assert len(seen) == 5
+    twin, alone = seen[3], seen[4]
+    expected = twin.take(np.flatnonzero(twin.field_view))
+    assert alone.docs == expected.docs
+    assert alone.fields.sellers == expected.fields.sellers
+    np.testing.assert_array_equal(alone.fields.numbers, expected.fields.numbers)
+    np.testing.assert_array_equal(alone.target, expected.target)
+    np.testing.assert_array_equal(alone.weights, expected.weights)
+    assert alone.field_view.all()
+    assert len(alone.docs) == twin.field_view.sum() > 0
+
+
+def test_without_views_with_fields_the_twins_are_their_text_heads() -> None:
+    # fields_weight 0 trains no field block: the tags twin has no views of its own to mix in.
+    model = fit(small_listings(), FeatureSpec(n_features=2**10), TrainConfig(max_iter=5, fields_weight=0.0))
+    for head in TEXT_HEADS:
+        twin = model.heads[head + WITH_FIELDS].sgd
+        np.testing.assert_array_equal(twin.coef_, model.heads[head].sgd.coef_)
+        np.testing.assert_array_equal(twin.intercept_, model.heads[head].sgd.intercept_)
 
 
 def test_seller_ids_read_as_every_caller_sends_them() -> None:
