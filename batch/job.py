@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 
@@ -26,8 +27,12 @@ class Job:
     master: Optional[str] = None  # spark engine: None leaves it to spark-submit, else local[*]
 
     def refuse_input_as_output(self) -> None:
-        """OUTPUT may not name INPUT (or a link to it): the scored copy would replace the
-        catalogue it was read from, and a slip of the keyboard should not cost it."""
+        """OUTPUT may not be INPUT, a link to it, or a file inside INPUT's directory of
+        parts: the scored copy would replace, or join, the catalogue it was read from, and
+        a slip of the keyboard should not cost it."""
+        source, target = Path(self.input).resolve(), Path(self.output).resolve()
+        if source.is_dir() and source in target.parents:
+            raise JobError(f"OUTPUT {self.output} is inside INPUT {self.input}; name a path outside it")
         try:
             same = os.path.samefile(self.input, self.output)
         except OSError:  # either is missing: the reader or the writer says so in its words

@@ -172,9 +172,17 @@ def test_an_unusable_input_fails_with_one_line_and_no_output(
 
 
 @pytest.mark.parametrize("engine", ["local", "spark"])
-@pytest.mark.parametrize("how", ["same path", "a link to it"])
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("same path", "is INPUT {source}; name another file"),
+        ("a link to it", "is INPUT {source}; name another file"),
+        ("one of its parts", "is inside INPUT {source}; name a path outside it"),
+        ("a new file among its parts", "is inside INPUT {source}; name a path outside it"),
+    ],
+)
 def test_an_output_that_names_the_input_is_refused_and_the_input_kept(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str, engine: str, how: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], model_path: str, engine: str, how: str, says: str
 ) -> None:
     source = tmp_path / "catalogue.csv"
     source.write_text("title\nCaneca azul\n")
@@ -182,11 +190,17 @@ def test_an_output_that_names_the_input_is_refused_and_the_input_kept(
     if how == "a link to it":
         target = tmp_path / "scored.csv"
         target.symlink_to(source)
+    if how in ("one of its parts", "a new file among its parts"):
+        source = tmp_path / "parts"
+        source.mkdir()
+        pq.write_table(pa.table({"title": ["Caneca azul"]}), source / "part-0.parquet")
+        target = source / ("part-0.parquet" if how == "one of its parts" else "scored.parquet")
+    before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     code, out, err = run(capsys, str(source), str(target), "--model", model_path, "--engine", engine)
     assert code == 2
     assert out == ""
-    assert err == f"error: OUTPUT {target} is INPUT {source}; name another file\n"
-    assert source.read_text() == "title\nCaneca azul\n"
+    assert err == f"error: OUTPUT {target} {says.format(source=source)}\n"
+    assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
     assert leftovers(tmp_path) == []
 
 
