@@ -33,9 +33,17 @@ def folds(frame: pd.DataFrame, groups: np.ndarray) -> Iterator[Tuple[np.ndarray,
     """(train, validation) row indices of every fold of the project's split.
 
     validation.grouped_split returns the first fold only; the others come from the same
-    splitter, and `measure` checks that the first still is grouped_split's."""
+    splitter, and `first_folds` checks that the first still is grouped_split's."""
     splitter = StratifiedGroupKFold(n_splits=validation.N_FOLDS, shuffle=True, random_state=RANDOM_STATE)
     yield from splitter.split(frame, frame["category"], groups)
+
+
+def first_folds(frame: pd.DataFrame, groups: np.ndarray, n_folds: int) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """The first n_folds of folds(), after checking that fold 0 is the one training reports."""
+    splits = list(itertools.islice(folds(frame, groups), n_folds))
+    if not np.array_equal(splits[0][1], validation.grouped_split(frame, groups)[1]):
+        raise RuntimeError("fold 0 is no longer validation.grouped_split's: update folds()")
+    return splits
 
 
 def fit(model: str, frame: pd.DataFrame) -> Any:
@@ -52,9 +60,7 @@ def measure(dataset: Path, n_folds: int, models: Sequence[str]) -> Dict[str, Any
     """Per model: macro-F1 per fold, their mean, and on the public test file (or None)."""
     frame = prepare.clean(data.load(dataset))
     groups = prepare.leakage_groups(frame, FeatureSpec())
-    splits = list(itertools.islice(folds(frame, groups), n_folds))
-    if not np.array_equal(splits[0][1], validation.grouped_split(frame, groups)[1]):
-        raise RuntimeError("fold 0 is no longer validation.grouped_split's: update folds()")
+    splits = first_folds(frame, groups, n_folds)
     source = payloads.titles_source()
     test = None if source == "synthetic" else prepare.clean(pd.read_csv(source))
     out: Dict[str, Any] = {"dataset": str(dataset), "test_products": None if test is None else source}

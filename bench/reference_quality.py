@@ -3,7 +3,7 @@
 `python -m bench.reference_quality [--folds N] [--json PATH]` fits the usual strong text
 baseline, TF-IDF word 1-2-grams + char_wb 2-5-grams (sublinear tf, terms in at least two
 rows) and a LinearSVC with scikit-learn's defaults, on the training side of each of the
-project's grouped folds (bench.anchor_quality.folds), for the four inputs a client may
+project's grouped folds (bench.anchor_quality.first_folds), for the four inputs a client may
 send (prepare.VIEWS), and scores it on the held-out side. With the fields it gets one
 token per known field in a one-hot block of its own, each worth 1: the seller's id, each
 number's bin (the model's own log-scale bins, FeatureSpec.number_edges) and express
@@ -14,7 +14,6 @@ the two are compared side by side rather than across datasets.
 from __future__ import annotations
 
 import argparse
-import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -75,7 +74,7 @@ def measure(dataset: Path, n_folds: int) -> Dict[str, Any]:
     spec = FeatureSpec()
     frame = prepare.clean(data.load(dataset))
     groups = prepare.leakage_groups(frame, spec)
-    splits = list(itertools.islice(anchor_quality.folds(frame, groups), n_folds))
+    splits = anchor_quality.first_folds(frame, groups, n_folds)
     out: Dict[str, Any] = {"dataset": str(dataset)}
     for name, (with_tags, with_fields) in VIEWS.items():
         scores: List[float] = []
